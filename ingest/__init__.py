@@ -1,0 +1,1 @@
+"""ingest: content-defined dedup ingestion engine."""

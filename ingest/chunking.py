@@ -1,0 +1,121 @@
+"""Content-defined chunking: where uploads are cut into dedup units.
+
+The cut rule lives in native/gearcdc.c (Gear hash, FastCDC-style normalized
+cutting); this module holds the parameters and the Python-facing forms:
+`chunk_ends` for one buffer and `StreamChunker` for input read in blocks of any
+size.  A store records its ChunkParams in its config and every writer uses
+them, so chunking never changes under existing data.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from . import _chunker
+
+
+@dataclass(frozen=True)
+class ChunkParams:
+    """min/normal/max chunk sizes and the bit counts of the two thresholds.
+
+    A length up to `normal_size` ends a chunk with probability 2**-strict_bits
+    per byte, beyond it 2**-loose_bits (normalized chunking, level 2): chunk
+    sizes cluster around the average instead of spreading geometrically,
+    which dedups better for the same average.  Defaults measured on 128 MiB
+    of random bytes: mean 63.4 KiB, std 18.8 KiB, no chunk forced at max_size.
+    """
+
+    min_size: int = 16 * 1024
+    normal_size: int = 64 * 1024
+    max_size: int = 256 * 1024
+    strict_bits: int = 17
+    loose_bits: int = 13
+
+    def __post_init__(self) -> None:
+        if self.min_size < 64:
+            raise ValueError("min_size must be at least 64")
+        if not self.min_size <= self.normal_size <= self.max_size:
+            raise ValueError("need min_size <= normal_size <= max_size")
+        if not (1 <= self.loose_bits <= self.strict_bits <= 63):
+            raise ValueError("need 1 <= loose_bits <= strict_bits <= 63")
+
+    def native(self) -> _chunker.Params:
+        return _chunker.Params(self.min_size, self.normal_size, self.max_size,
+                               1 << (64 - self.strict_bits), 1 << (64 - self.loose_bits))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ChunkParams":
+        return cls(**{k: int(d[k]) for k in ("min_size", "normal_size", "max_size",
+                                              "strict_bits", "loose_bits")})
+
+
+DEFAULT_PARAMS = ChunkParams()
+_default_native = DEFAULT_PARAMS.native()
+
+
+def _native(params: ChunkParams | None) -> _chunker.Params:
+    return _default_native if params is None or params == DEFAULT_PARAMS else params.native()
+
+
+def chunk_ends(buf, params: ChunkParams | None = None) -> np.ndarray:
+    """End offset of every chunk of `buf` (any bytes-like object), as uint64.
+
+    The last end equals len(buf); an empty buffer has no chunks.
+    """
+    ends, _ = _chunker.find_ends(_native(params), memoryview(buf).cast("B"), True)
+    return ends
+
+
+def find_ends(buf, eof: bool, scanned: int = 0, params: ChunkParams | None = None):
+    """Low-level form for callers that keep their own buffer (the pipeline).
+
+    Returns (ends, scanned): bytes after ends[-1] are an unfinished chunk to
+    pass again, at the front of the next call's buffer, with `scanned`.
+    """
+    return _chunker.find_ends(_native(params), buf, eof, scanned)
+
+
+class StreamChunker:
+    """Chunk a stream fed in pieces of any size; cuts equal `chunk_ends` of the whole.
+
+    `update(data)` returns the absolute end offsets completed so far and
+    `finish()` the last one.  It copies only the unfinished chunk (less than
+    max_size bytes) between calls.
+    """
+
+    def __init__(self, params: ChunkParams | None = None) -> None:
+        self._params = _native(params)
+        self._tail = bytearray()     # bytes of the unfinished chunk
+        self._base = 0               # absolute offset of _tail[0]
+        self._scanned = 0
+        self._done = False
+
+    def update(self, data) -> np.ndarray:
+        if self._done:
+            raise ValueError("update() after finish()")
+        mv = memoryview(data).cast("B")
+        if not mv.nbytes:
+            return np.empty(0, dtype=np.uint64)
+        if self._tail:
+            self._tail += mv
+            buf = memoryview(self._tail)
+        else:
+            buf = mv
+        ends, self._scanned = _chunker.find_ends(self._params, buf, False, self._scanned)
+        consumed = int(ends[-1]) if len(ends) else 0
+        rest = bytes(buf[consumed:])
+        del buf
+        self._tail = bytearray(rest)
+        out = ends + np.uint64(self._base)
+        self._base += consumed
+        return out
+
+    def finish(self) -> np.ndarray:
+        self._done = True
+        ends, _ = _chunker.find_ends(self._params, memoryview(self._tail), True, self._scanned)
+        self._tail = bytearray()
+        return ends + np.uint64(self._base)

@@ -1,0 +1,27 @@
+"""Object stores behind one interface (base.Store), opened by URL."""
+from __future__ import annotations
+
+import os
+from urllib.parse import unquote, urlparse
+
+from ..errors import StoreError
+from .base import ObjectInfo, ObjectNotFound, Store, check_key
+
+__all__ = ["ObjectInfo", "ObjectNotFound", "Store", "check_key", "open_store"]
+
+
+def open_store(url: str | os.PathLike, **options) -> Store:
+    """Open a store: `file:///path`, a plain path, or `s3://bucket/prefix`."""
+    url = os.fspath(url)
+    if url.startswith("s3://"):
+        from .s3 import S3Store
+        return S3Store.from_url(url, **options)
+    if url.startswith("file://"):
+        parsed = urlparse(url)
+        if parsed.netloc not in ("", "localhost"):
+            raise StoreError(f"file URL must name a local path: {url}")
+        url = unquote(parsed.path)
+    elif "://" in url:
+        raise StoreError(f"unsupported store URL {url!r} (use a path, file:// or s3://)")
+    from .local import LocalStore
+    return LocalStore(url, **options)

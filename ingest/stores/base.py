@@ -1,0 +1,77 @@
+"""The one small interface every object store implements.
+
+Keys are '/'-separated relative names made of safe components (see
+`check_key`); values are immutable bytes except under `refs/` and `config`.
+Implementations: local.LocalStore (a directory), s3.S3Store (aiobotocore).
+"""
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from ..errors import InvalidName, NotFound, StoreError
+
+MAX_KEY_BYTES = 1024        # S3's own key limit
+
+
+class ObjectNotFound(NotFound, StoreError):
+    """No object under that key."""
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    size: int
+
+
+def check_key(key: str) -> str:
+    """Refuse keys that could escape a directory or confuse a store."""
+    if not isinstance(key, str) or not key:
+        raise InvalidName("empty object key")
+    if len(key.encode("utf-8", "surrogatepass")) > MAX_KEY_BYTES:
+        raise InvalidName(f"object key longer than {MAX_KEY_BYTES} bytes")
+    if "\x00" in key or "\\" in key or key.startswith("/"):
+        raise InvalidName(f"invalid object key {key!r}")
+    for part in key.split("/"):
+        if part in ("", ".", "..") or any(ord(c) < 32 for c in part):
+            raise InvalidName(f"invalid object key {key!r}")
+    return key
+
+
+class Store(abc.ABC):
+    """Async object store.  All methods may raise StoreError."""
+
+    url: str
+
+    @abc.abstractmethod
+    async def put(self, key: str, data, *, if_absent: bool = False) -> bool:
+        """Store `data` (bytes-like) under `key`, atomically: readers see the
+        whole object or none.  With if_absent, leave an existing object alone
+        and return False; otherwise return True."""
+
+    @abc.abstractmethod
+    async def get(self, key: str, start: int = 0, end: int | None = None) -> bytes:
+        """Bytes [start, end) of the object (end None: to its end).  Raises
+        ObjectNotFound.  A range past the end returns what exists."""
+
+    @abc.abstractmethod
+    async def head(self, key: str) -> ObjectInfo | None:
+        """Size of the object, or None when it does not exist."""
+
+    @abc.abstractmethod
+    def list(self, prefix: str = "") -> AsyncIterator[ObjectInfo]:
+        """Every object whose key starts with `prefix`, in key order."""
+
+    @abc.abstractmethod
+    async def delete(self, key: str) -> None:
+        """Remove the object; no error when it is already gone."""
+
+    async def close(self) -> None:
+        pass
+
+    async def __aenter__(self):
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()

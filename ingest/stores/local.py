@@ -1,0 +1,154 @@
+"""A store in a local directory: the embedded default.
+
+Every write goes to a temporary file in `<root>/.tmp`, is fsynced, then
+renamed (or hard-linked, for if-absent) into place and the directory fsynced,
+so a crash leaves either the old state or the whole new object, never a torn
+one.  Blocking file I/O runs on the default thread pool.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from ..errors import StoreError
+from .base import ObjectInfo, ObjectNotFound, Store, check_key
+
+TMP = ".tmp"
+
+
+class LocalStore(Store):
+    def __init__(self, root: str | os.PathLike, *, create: bool = True) -> None:
+        self.root = Path(root).expanduser().absolute()
+        self.url = self.root.as_uri()
+        if self.root.exists() and not self.root.is_dir():
+            raise StoreError(f"store path {self.root} exists and is not a directory")
+        if not self.root.exists():
+            if not create:
+                raise StoreError(f"no store at {self.root}")
+            try:
+                self.root.mkdir(parents=True)
+            except OSError as e:
+                raise StoreError(f"cannot create store directory {self.root}: {e.strerror}") from None
+        try:
+            (self.root / TMP).mkdir(exist_ok=True)
+        except OSError as e:
+            raise StoreError(f"cannot write to store directory {self.root}: {e.strerror}") from None
+
+    def _path(self, key: str) -> Path:
+        return self.root.joinpath(*check_key(key).split("/"))
+
+    # -- blocking implementations, run in threads ---------------------------
+    def _put(self, key: str, data, if_absent: bool) -> bool:
+        path = self._path(key)
+        if if_absent and path.exists():
+            return False
+        tmp = self.root / TMP / f"{uuid.uuid4().hex}.tmp"
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            try:
+                view = memoryview(data).cast("B")
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            if if_absent:
+                try:
+                    os.link(tmp, path)      # fails if present: atomic if-absent
+                except FileExistsError:
+                    return False
+                finally:
+                    os.unlink(tmp)
+            else:
+                os.replace(tmp, path)
+            _fsync_dir(path.parent)
+            return True
+        except OSError as e:
+            try:
+                tmp.unlink()
+            except OSError:
+                pass
+            raise StoreError(f"cannot write {key}: {e.strerror or e}") from None
+
+    def _get(self, key: str, start: int, end: int | None) -> bytes:
+        path = self._path(key)
+        try:
+            with open(path, "rb") as f:
+                if start:
+                    f.seek(start)
+                return f.read() if end is None else f.read(max(0, end - start))
+        except FileNotFoundError:
+            raise ObjectNotFound(f"object not found: {key}") from None
+        except IsADirectoryError:
+            raise ObjectNotFound(f"object not found: {key}") from None
+        except OSError as e:
+            raise StoreError(f"cannot read {key}: {e.strerror or e}") from None
+
+    def _head(self, key: str) -> ObjectInfo | None:
+        try:
+            st = self._path(key).stat()
+        except FileNotFoundError:
+            return None
+        return ObjectInfo(key, st.st_size) if not _isdir(st) else None
+
+    def _list(self, prefix: str) -> list[ObjectInfo]:
+        # Walk only the directory that holds the prefix.
+        base = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
+        top = self.root.joinpath(*base.split("/")) if base else self.root
+        out = []
+        for dirpath, dirnames, filenames in os.walk(top):
+            rel = os.path.relpath(dirpath, self.root)
+            rel = "" if rel == "." else rel.replace(os.sep, "/") + "/"
+            if rel == "":
+                dirnames[:] = [d for d in dirnames if d != TMP]
+            for name in filenames:
+                key = rel + name
+                if key.startswith(prefix):
+                    try:
+                        out.append(ObjectInfo(key, os.stat(os.path.join(dirpath, name)).st_size))
+                    except FileNotFoundError:
+                        pass
+        out.sort(key=lambda o: o.key)
+        return out
+
+    def _delete(self, key: str) -> None:
+        try:
+            self._path(key).unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            raise StoreError(f"cannot delete {key}: {e.strerror or e}") from None
+
+    # -- async interface -----------------------------------------------------
+    async def put(self, key: str, data, *, if_absent: bool = False) -> bool:
+        return await asyncio.to_thread(self._put, key, data, if_absent)
+
+    async def get(self, key: str, start: int = 0, end: int | None = None) -> bytes:
+        return await asyncio.to_thread(self._get, key, start, end)
+
+    async def head(self, key: str) -> ObjectInfo | None:
+        return await asyncio.to_thread(self._head, key)
+
+    async def list(self, prefix: str = "") -> AsyncIterator[ObjectInfo]:
+        for info in await asyncio.to_thread(self._list, prefix):
+            yield info
+
+    async def delete(self, key: str) -> None:
+        await asyncio.to_thread(self._delete, key)
+
+
+def _isdir(st) -> bool:
+    import stat
+    return stat.S_ISDIR(st.st_mode)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
