@@ -1,0 +1,131 @@
+"""File manifests: `files/<file id>`, how to rebuild one file.
+
+Envelope magic b"IGFM", version 1; payload:
+    head    size(u64) sha256(32) nchunks(u64) nframes(u32) npacks(u32)
+    packs   npacks * 32-byte pack id
+    frames  nframes * FRAME_ROW  (pack index, frame offset and length in the pack,
+            raw length, codec): the segments the file's bytes come from
+    chunks  nchunks * CHUNK_ROW  (chunk id, frame index, offset in the raw frame,
+            length), in file order
+The key is the file id (hashing.file_id over the chunk rows), so a manifest
+is checked against its own name when read.
+"""
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+import numpy as np
+
+from .envelope import seal, unseal
+from .errors import FormatError, IntegrityError
+from .hashing import file_id as compute_file_id
+from .index import LOCATION
+
+MAGIC, VERSION = b"IGFM", 1
+PREFIX = "files/"
+HEAD = struct.Struct("<Q32sQII")
+FRAME_ROW = np.dtype([("pack", "<u4"), ("offset", "<u8"), ("length", "<u4"),
+                      ("raw_len", "<u4"), ("codec", "u1")])
+CHUNK_ROW = np.dtype([("id", "V32"), ("frame", "<u4"), ("offset", "<u4"), ("length", "<u4")])
+
+
+def key(file_id: bytes) -> str:
+    return PREFIX + file_id.hex()
+
+
+@dataclass
+class Manifest:
+    size: int
+    sha256: bytes
+    packs: list[bytes]
+    frames: np.ndarray     # FRAME_ROW
+    chunks: np.ndarray     # CHUNK_ROW
+
+    @property
+    def file_id(self) -> bytes:
+        return compute_file_id(self.chunks["id"].view(np.uint8).reshape(-1, 32),
+                               self.chunks["length"].astype(np.uint64))
+
+    @classmethod
+    def from_locations(cls, size: int, sha256: bytes, ids: np.ndarray,
+                       locs: np.ndarray) -> "Manifest":
+        """Build from per-chunk LOCATION rows (in file order)."""
+        packs: dict[bytes, int] = {}
+        frame_keys: dict[tuple[bytes, int], int] = {}
+        frames: list[tuple] = []
+        chunks = np.empty(len(locs), dtype=CHUNK_ROW)
+        chunks["id"] = np.ascontiguousarray(ids).view("V32").reshape(-1)
+        chunks["offset"] = locs["offset"]
+        chunks["length"] = locs["length"]
+        frame_of = np.empty(len(locs), dtype=np.uint32)
+        # Consecutive chunks mostly share a frame: one dict probe per run.
+        last_key, last_idx = None, -1
+        for i, (pack, off, length, raw, codec) in enumerate(zip(
+                locs["pack"].tolist(), locs["frame_offset"].tolist(),
+                locs["frame_length"].tolist(), locs["frame_raw"].tolist(),
+                locs["codec"].tolist())):
+            k = (pack, off)
+            if k != last_key:
+                idx = frame_keys.get(k)
+                if idx is None:
+                    p = packs.setdefault(pack, len(packs))
+                    idx = frame_keys[k] = len(frames)
+                    frames.append((p, off, length, raw, codec))
+                last_key, last_idx = k, idx
+            frame_of[i] = last_idx
+        chunks["frame"] = frame_of
+        return cls(size, sha256, list(packs), np.array(frames, dtype=FRAME_ROW), chunks)
+
+    def locations(self, lo: int = 0, hi: int | None = None) -> np.ndarray:
+        """LOCATION rows of chunks [lo, hi)."""
+        c = self.chunks[lo:hi]
+        f = self.frames[c["frame"]]
+        out = np.empty(len(c), dtype=LOCATION)
+        out["pack"] = np.array(self.packs, dtype="V32")[f["pack"]] if len(c) else []
+        out["frame_offset"] = f["offset"]
+        out["frame_length"] = f["length"]
+        out["frame_raw"] = f["raw_len"]
+        out["codec"] = f["codec"]
+        out["offset"] = c["offset"]
+        out["length"] = c["length"]
+        return out
+
+    def ends(self) -> np.ndarray:
+        """Cumulative end offset of each chunk in the file."""
+        return np.cumsum(self.chunks["length"], dtype=np.uint64)
+
+    def encode(self) -> bytes:
+        head = HEAD.pack(self.size, self.sha256, len(self.chunks), len(self.frames), len(self.packs))
+        return seal(MAGIC, VERSION, b"".join(
+            [head, *self.packs, self.frames.tobytes(), self.chunks.tobytes()]))
+
+    @classmethod
+    def decode(cls, data, what: str = "manifest", expect_id: bytes | None = None) -> "Manifest":
+        _, p = unseal(data, MAGIC, {VERSION}, what)
+        if p.nbytes < HEAD.size:
+            raise FormatError(f"{what}: too short")
+        size, sha, nchunks, nframes, npacks = HEAD.unpack_from(p)
+        need = HEAD.size + 32 * npacks + FRAME_ROW.itemsize * nframes + CHUNK_ROW.itemsize * nchunks
+        if need != p.nbytes:
+            raise FormatError(f"{what}: header claims {need} bytes, holds {p.nbytes}")
+        off = HEAD.size
+        packs = [bytes(p[off + 32 * i: off + 32 * (i + 1)]) for i in range(npacks)]
+        off += 32 * npacks
+        frames = np.frombuffer(p, FRAME_ROW, nframes, off).copy()
+        off += FRAME_ROW.itemsize * nframes
+        chunks = np.frombuffer(p, CHUNK_ROW, nchunks, off).copy()
+        if nframes and frames["pack"].max() >= npacks:
+            raise FormatError(f"{what}: frame refers to a missing pack entry")
+        if nchunks:
+            if chunks["frame"].max() >= nframes:
+                raise FormatError(f"{what}: chunk refers to a missing frame entry")
+            if ((chunks["offset"].astype(np.uint64) + chunks["length"])
+                    > frames["raw_len"][chunks["frame"]]).any():
+                raise FormatError(f"{what}: chunk lies outside its frame")
+        if int(chunks["length"].sum(dtype=np.uint64)) != size:
+            raise FormatError(f"{what}: chunk lengths do not add up to the file size {size}")
+        m = cls(size, sha, packs, frames, chunks)
+        if expect_id is not None and m.file_id != expect_id:
+            raise IntegrityError(f"{what}: content does not match its file id")
+        return m

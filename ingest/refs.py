@@ -1,0 +1,71 @@
+"""Refs: `refs/<name>`, the names people give files.
+
+A ref name is a relative '/'-separated path (a daemon uses
+"<namespace>/<path>").  Envelope magic b"IGRF", version 1, payload JSON:
+{"file_id": hex, "size": int, "sha256": hex, "time": unix seconds}.
+Refs are the only objects that are overwritten (a new upload under the same
+name); they are written last, so a ref never points at a missing manifest.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+
+from .envelope import seal, unseal
+from .errors import FormatError, InvalidName
+
+MAGIC, VERSION = b"IGRF", 1
+PREFIX = "refs/"
+MAX_NAME_BYTES = 900          # leaves room for the prefix under S3's 1024-byte key limit
+
+
+def check_name(name: str) -> str:
+    """Refuse names that could escape a directory or a namespace."""
+    if not isinstance(name, str) or not name:
+        raise InvalidName("empty name")
+    if len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
+        raise InvalidName(f"name longer than {MAX_NAME_BYTES} bytes")
+    if name.startswith("/") or "\\" in name:
+        raise InvalidName(f"name must be a relative path with '/' separators: {name!r}")
+    for part in name.split("/"):
+        if part in ("", ".", ".."):
+            raise InvalidName(f"name has an empty, '.' or '..' component: {name!r}")
+        if any(ord(c) < 32 or ord(c) == 127 for c in part):
+            raise InvalidName(f"name has a control character: {name!r}")
+    return name
+
+
+def key(name: str) -> str:
+    return PREFIX + check_name(name)
+
+
+@dataclass(frozen=True)
+class Ref:
+    name: str
+    file_id: str
+    size: int
+    sha256: str
+    time: float
+
+    def encode(self) -> bytes:
+        d = asdict(self)
+        del d["name"]
+        return seal(MAGIC, VERSION, json.dumps(d, sort_keys=True).encode())
+
+    @classmethod
+    def decode(cls, name: str, data) -> "Ref":
+        what = f"ref {name}"
+        _, payload = unseal(data, MAGIC, {VERSION}, what)
+        try:
+            d = json.loads(bytes(payload))
+            ref = cls(name, str(d["file_id"]), int(d["size"]), str(d["sha256"]), float(d["time"]))
+        except (ValueError, KeyError, TypeError) as e:
+            raise FormatError(f"{what}: malformed ({e})") from None
+        if len(ref.file_id) != 64:
+            raise FormatError(f"{what}: malformed file id")
+        return ref
+
+    @classmethod
+    def new(cls, name: str, file_id: bytes, size: int, sha256: bytes) -> "Ref":
+        return cls(check_name(name), file_id.hex(), size, sha256.hex(), time.time())
