@@ -44,7 +44,7 @@ class Manifest:
 
     @property
     def file_id(self) -> bytes:
-        return compute_file_id(self.chunks["id"].view(np.uint8).reshape(-1, 32),
+        return compute_file_id(np.ascontiguousarray(self.chunks["id"]).view(np.uint8).reshape(-1, 32),
                                self.chunks["length"].astype(np.uint64))
 
     @classmethod

@@ -1,0 +1,339 @@
+"""The write path: bytes -> chunks -> ids -> dedup -> frames -> packs -> store.
+
+One `WriteSession` is shared by any number of files ingested together, so new
+chunks of many small files fill the same packs.  Per file, blocks are read
+into one reused buffer; chunking, BLAKE3 and SHA-256 of a block run in the
+thread pool without the GIL; the whole block is looked up in the index at
+once; new chunks are copied into the file's current frame, and full frames are
+compressed in the pool and appended to the session's open pack.
+
+Write order (the crash-safety rule): a pack is stored, then its index shard;
+a file's manifest only after every pack it uses is stored; its ref last.  A
+crash leaves at most unreferenced packs, never a ref to something missing.
+
+Memory is bounded by configuration: per file in flight one block buffer plus
+`max_frames_in_flight` frames; per session one open pack plus
+`max_packs_in_flight` packs being uploaded.
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from . import chunking, hashing
+from .compression import Compressor
+from .index import LOCATION, encode_shard
+from .manifest import Manifest
+from .manifest import key as manifest_key
+from .pack import PackBuilder
+from .refs import Ref
+from .refs import key as ref_key
+
+BLOCK_SIZE = 8 << 20
+PACK_PREFIX = "packs/"
+
+ReadInto = Callable[[memoryview], Awaitable[int]]
+
+
+def pack_key(pack_id: bytes) -> str:
+    return PACK_PREFIX + pack_id.hex()
+
+
+@dataclass
+class IngestResult:
+    """What one ingested file cost and saved."""
+    ref: str | None
+    file_id: str
+    size: int
+    sha256: str
+    chunks: int
+    new_chunks: int
+    new_bytes: int        # raw bytes of chunks not stored before
+    dedup_bytes: int      # size - new_bytes
+    stored_bytes: int     # bytes this file added to packs (frames, compressed)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class _Pack:
+    """The pack being filled, then uploaded."""
+
+    def __init__(self) -> None:
+        self.builder = PackBuilder()
+        self.pack_id: bytes | None = None
+        self.stored: asyncio.Future = asyncio.get_running_loop().create_future()
+        self.ids: list[np.ndarray] = []       # chunk ids, per frame
+        self.locs: list[np.ndarray] = []      # LOCATION rows without pack id, per frame
+        self.sealing = False
+
+
+class _Frame:
+    """New chunks of one file, compressed together."""
+    __slots__ = ("data", "ids", "lengths", "pack", "offset", "length", "raw_len", "codec", "placed")
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.ids: list[np.ndarray] = []
+        self.lengths: list[int] = []
+        self.pack: _Pack | None = None
+        self.placed: asyncio.Future | None = None   # done once the frame is in a pack
+
+
+@dataclass
+class _Written:
+    """A file whose bytes are all chunked and framed, not yet committed."""
+    size: int
+    sha256: bytes
+    ids: np.ndarray
+    locs: np.ndarray           # LOCATION rows; rows of new chunks are filled at commit
+    deferred: list             # (chunk no., frame, offset in frame) for new chunks
+    frames: list               # frames this file created
+    new_chunks: int
+    new_bytes: int
+
+
+class WriteSession:
+    def __init__(self, repo, *, max_frames_in_flight: int | None = None,
+                 max_packs_in_flight: int = 2) -> None:
+        self.repo = repo
+        cfg = repo.config
+        self.params = cfg.chunking
+        self.frame_size = cfg.frame_size
+        self.pack_size = cfg.pack_size
+        self.level = cfg.zstd_level
+        self.block_size = max(BLOCK_SIZE, 4 * self.params.max_size)
+        self.max_frames = max_frames_in_flight or 2 * (os.cpu_count() or 2)
+        self._pack_slots = asyncio.Semaphore(max_packs_in_flight)
+        self._pack: _Pack | None = None
+        self._uploads: set[asyncio.Task] = set()
+        self._pending: dict[bytes, tuple[_Frame, int, int]] = {}   # new this session
+        self._failed: BaseException | None = None
+
+    # -- CPU work, in the pool ------------------------------------------------
+    def _scan_block(self, view: memoryview, eof: bool, scanned: int, sha):
+        ends, scanned = chunking.find_ends(view, eof, scanned, self.params)
+        ids = hashing.chunk_ids(view, ends)
+        if sha is not None:
+            sha.update(view[: int(ends[-1])] if len(ends) else b"")
+        return ends, scanned, ids
+
+    def _compress(self, frame: _Frame):
+        return Compressor.for_thread(self.level).compress(frame.data)
+
+    async def _run(self, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(self.repo.executor, fn, *args)
+
+    # -- packs -----------------------------------------------------------------
+    async def _add_frame(self, frame: _Frame, codec: int, stored) -> None:
+        if self._failed:
+            raise self._failed
+        if self._pack is None:
+            self._pack = _Pack()
+        pack = self._pack
+        ids = np.concatenate(frame.ids) if frame.ids else np.empty((0, 32), np.uint8)
+        lengths = np.array(frame.lengths, dtype=np.uint64)
+        _, offset = pack.builder.add_frame(codec, stored, len(frame.data), ids, lengths)
+        frame.pack, frame.offset, frame.codec = pack, offset, codec
+        frame.length = pack.builder.size - offset
+        frame.raw_len = len(frame.data)
+        locs = np.zeros(len(lengths), dtype=LOCATION)
+        locs["frame_offset"], locs["frame_length"] = offset, frame.length
+        locs["frame_raw"], locs["codec"] = frame.raw_len, codec
+        locs["offset"] = np.concatenate(([0], np.cumsum(lengths)[:-1])) if len(lengths) else []
+        locs["length"] = lengths
+        pack.ids.append(ids)
+        pack.locs.append(locs)
+        frame.data = bytearray()          # raw bytes are no longer needed
+        if pack.builder.size >= self.pack_size:
+            await self._seal()
+
+    async def _seal(self) -> None:
+        pack, self._pack = self._pack, None
+        if pack is None or pack.sealing:
+            return
+        pack.sealing = True
+        await self._pack_slots.acquire()     # backpressure: bounded packs in flight
+        task = asyncio.create_task(self._store_pack(pack))
+        self._uploads.add(task)
+        task.add_done_callback(self._uploads.discard)
+
+    async def _store_pack(self, pack: _Pack) -> None:
+        try:
+            pack_id, parts = await self._run(pack.builder.seal)
+            pack.pack_id = pack_id
+            data = b"".join(parts)
+            pack.builder = None
+            await self.repo.store.put(pack_key(pack_id), data, if_absent=True)
+            del data
+            ids = np.concatenate(pack.ids)
+            locs = np.concatenate(pack.locs)
+            locs["pack"] = np.frombuffer(pack_id, dtype="V32")[0]
+            key, shard = await self._run(encode_shard, ids, locs)
+            await self.repo.store.put(key, shard, if_absent=True)
+            self.repo.index.add(ids, locs)
+            self.repo.index.shards.add(key)
+            for cid in ids.view("S32").reshape(-1).tolist():
+                self._pending.pop(cid, None)
+            pack.stored.set_result(pack_id)
+        except BaseException as e:
+            self._failed = e
+            pack.stored.set_exception(e)
+            pack.stored.exception()       # mark retrieved; waiters re-raise it
+        finally:
+            self._pack_slots.release()
+
+    async def flush(self) -> None:
+        """Seal the open pack and wait until every pack is stored."""
+        await self._seal()
+        while self._uploads:
+            await asyncio.gather(*list(self._uploads), return_exceptions=True)
+        if self._failed:
+            raise self._failed
+
+    # -- files -----------------------------------------------------------------
+    async def _place(self, frame: _Frame) -> None:
+        codec, stored = await self._run(self._compress, frame)
+        await self._add_frame(frame, codec, stored)
+
+    def _submit(self, frame: _Frame) -> asyncio.Future:
+        # Placed by its own task as soon as it is compressed, so a file that
+        # dedups against this frame never waits on this file's reader.
+        frame.placed = asyncio.ensure_future(self._place(frame))
+        return frame.placed
+
+    async def ingest(self, readinto: ReadInto, ref: str | None = None, *,
+                     flush: bool = True, progress: Callable[[int], None] | None = None
+                     ) -> IngestResult:
+        """Ingest one stream of bytes and name it `ref` (if given)."""
+        if ref is not None:
+            ref_key(ref)                      # refuse a bad name before any work
+        return await self.commit(await self.write(readinto, progress), ref, flush=flush)
+
+    async def write(self, readinto: ReadInto,
+                    progress: Callable[[int], None] | None = None) -> _Written:
+        """The data phase: read, chunk, hash, dedup and frame every byte."""
+        p = self.params
+        buf = bytearray(self.block_size + p.max_size)
+        mv = memoryview(buf)
+        filled, scanned, eof = 0, 0, False
+        sha = hashlib.sha256()
+        all_ids: list[np.ndarray] = []
+        all_locs: list[np.ndarray] = []
+        deferred: list[tuple[int, _Frame, int]] = []
+        nchunks = new_chunks = new_bytes = 0
+        frame = _Frame()
+        frames: list[_Frame] = []
+        placing: deque[asyncio.Future] = deque()
+
+        async def submit(fr: _Frame) -> None:
+            frames.append(fr)
+            placing.append(self._submit(fr))
+            while placing and (placing[0].done() or len(placing) >= self.max_frames):
+                await placing.popleft()
+
+        try:
+            while not eof:
+                while filled < self.block_size:
+                    n = await readinto(mv[filled:self.block_size])
+                    if not n:
+                        eof = True
+                        break
+                    filled += n
+                view = mv[:filled]
+                ends, scanned, ids = await self._run(self._scan_block, view, eof, scanned, sha)
+                tail = 0
+                if len(ends):
+                    tail = int(ends[-1])
+                    starts = np.empty(len(ends), dtype=np.uint64)
+                    starts[0] = 0
+                    starts[1:] = ends[:-1]
+                    lengths = ends - starts
+                    found, locs = self.repo.index.lookup(ids)
+                    locs["length"] = lengths
+                    missing = np.flatnonzero(~found)
+                    if len(missing):
+                        id_bytes = ids[missing].view("S32").reshape(-1).tolist()
+                        for i, cid, s, ln in zip(missing.tolist(), id_bytes,
+                                                 starts[missing].tolist(),
+                                                 lengths[missing].tolist()):
+                            hit = self._pending.get(cid)
+                            if hit is None:
+                                hit = (frame, len(frame.data))
+                                frame.data += view[s:s + ln]
+                                frame.ids.append(ids[i:i + 1])
+                                frame.lengths.append(ln)
+                                self._pending[cid] = hit
+                                new_chunks += 1
+                                new_bytes += ln
+                                if len(frame.data) > self.frame_size - p.max_size:
+                                    await submit(frame)
+                                    frame = _Frame()
+                            deferred.append((nchunks + i, hit[0], hit[1]))
+                    all_ids.append(ids)
+                    all_locs.append(locs)
+                    nchunks += len(ends)
+                    if progress:
+                        progress(tail)
+                rest = filled - tail
+                if rest:
+                    buf[:rest] = mv[tail:filled]     # move the unfinished chunk to the front
+                filled = rest
+                del view
+            if frame.lengths:
+                await submit(frame)
+                frame = _Frame()
+            while placing:
+                await placing.popleft()
+        finally:
+            if frame.lengths:
+                # Failing half way: other files may already dedup against this
+                # frame's chunks, so it is still stored (as garbage at worst).
+                self._submit(frame).add_done_callback(_consume)
+            for fut in placing:
+                fut.add_done_callback(_consume)
+        ids = np.concatenate(all_ids) if all_ids else np.empty((0, 32), np.uint8)
+        locs = np.concatenate(all_locs) if all_locs else np.empty(0, LOCATION)
+        size = int(locs["length"].sum(dtype=np.uint64))
+        return _Written(size, sha.digest(), ids, locs, deferred, frames, new_chunks, new_bytes)
+
+    async def commit(self, w: _Written, ref: str | None = None, *,
+                     flush: bool = True) -> IngestResult:
+        """Wait until every pack the file uses is stored, then write its
+        manifest and ref.  With `flush`, seal the open pack now instead of
+        waiting for it to fill (a single upload wants its answer now; a tree
+        of files shares packs and flushes once at the end)."""
+        placed = {id(fr): fr for _, fr, _ in w.deferred}
+        for fr in placed.values():
+            await asyncio.shield(fr.placed)
+        packs = {id(fr.pack): fr.pack for fr in placed.values()}
+        if flush and self._pack is not None and id(self._pack) in packs:
+            await self._seal()
+        for pk in packs.values():
+            await asyncio.shield(pk.stored)
+        locs = w.locs
+        for i, fr, off in w.deferred:
+            row = locs[i]
+            row["pack"] = np.frombuffer(fr.pack.pack_id, dtype="V32")[0]
+            row["frame_offset"], row["frame_length"] = fr.offset, fr.length
+            row["frame_raw"], row["codec"], row["offset"] = fr.raw_len, fr.codec, off
+            locs[i] = row
+        manifest = Manifest.from_locations(w.size, w.sha256, w.ids, locs)
+        fid = manifest.file_id
+        await self.repo.store.put(manifest_key(fid), manifest.encode(), if_absent=True)
+        if ref is not None:
+            await self.repo.store.put(ref_key(ref), Ref.new(ref, fid, w.size, w.sha256).encode())
+        stored = sum(fr.length for fr in w.frames)
+        return IngestResult(ref, fid.hex(), w.size, w.sha256.hex(), len(locs), w.new_chunks,
+                            w.new_bytes, w.size - w.new_bytes, stored)
+
+
+def _consume(fut: asyncio.Future) -> None:
+    if not fut.cancelled():
+        fut.exception()

@@ -1,0 +1,604 @@
+"""The repository: a store plus its config and dedup index; the library API.
+
+    repo = await Repository.open("file:///data/store")     # or a path, or s3://
+    result = await repo.put_file("model.safetensors", ref="org/model/model.safetensors")
+    data = await repo.read("org/model/model.safetensors", 0, 1 << 20)
+
+Every method takes either a 64-hex file id or a ref name wherever a file is
+named.  `ingest.open()` gives the same API synchronously.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import stat
+from collections.abc import AsyncIterator, Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import hashing
+from .compression import decompress
+from .config import KEY as CONFIG_KEY
+from .config import StoreConfig
+from .errors import FormatError, IngestError, IntegrityError, InvalidName, NotFound
+from .index import PREFIX as INDEX_PREFIX
+from .index import ChunkIndex, decode_shard
+from .manifest import PREFIX as FILES_PREFIX
+from .manifest import Manifest
+from .manifest import key as manifest_key
+from .pack import TRAILER, check_frame, check_header, footer_location, parse_footer
+from .pipeline import PACK_PREFIX, IngestResult, WriteSession, pack_key
+from .refs import PREFIX as REFS_PREFIX
+from .refs import Ref, check_name
+from .refs import key as ref_key
+from .stores import ObjectNotFound, Store, open_store
+
+READ_AHEAD = 8           # frames fetched ahead of the one being returned
+FILES_IN_FLIGHT = 8      # files of a tree ingested at once
+
+
+@dataclass
+class VerifyReport:
+    refs: int = 0
+    files: int = 0
+    packs: int = 0
+    chunks: int = 0
+    bytes_checked: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+class Repository:
+    def __init__(self, store: Store, config: StoreConfig, *, workers: int | None = None) -> None:
+        self.store = store
+        self.config = config
+        self.index = ChunkIndex()
+        self.executor = ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 2,
+                                           thread_name_prefix="ingest")
+        self._manifests: dict[bytes, Manifest] = {}
+
+    # -- opening -----------------------------------------------------------------
+    @classmethod
+    async def open(cls, store: str | os.PathLike | Store, *, create: bool = True,
+                   config: StoreConfig | None = None, workers: int | None = None) -> "Repository":
+        """Open the store at a URL or path (creating it if `create`), read its
+        config and load its index."""
+        if not isinstance(store, Store):
+            store = open_store(store)
+        try:
+            try:
+                cfg = StoreConfig.decode(await store.get(CONFIG_KEY))
+            except ObjectNotFound:
+                if not create:
+                    raise NotFound(f"no ingest store at {store.url}") from None
+                # if-absent: two writers creating one store agree on one config.
+                await store.put(CONFIG_KEY, (config or StoreConfig()).encode(), if_absent=True)
+                cfg = StoreConfig.decode(await store.get(CONFIG_KEY))
+            repo = cls(store, cfg, workers=workers)
+            await repo.refresh_index()
+        except BaseException:
+            await store.close()
+            raise
+        return repo
+
+    async def refresh_index(self) -> int:
+        """Load index shards written since the last call (by this process or
+        any other writer sharing the store); returns how many were new."""
+        keys = [o.key async for o in self.store.list(INDEX_PREFIX)
+                if o.key not in self.index.shards]
+
+        async def load(key: str):
+            data = await self.store.get(key)
+            return key, await self._run(decode_shard, data, f"index shard {key}")
+
+        for chunk in _batches(keys, 16):
+            for key, (ids, locs) in await asyncio.gather(*(load(k) for k in chunk)):
+                self.index.add(ids, locs)
+                self.index.shards.add(key)
+        return len(keys)
+
+    async def close(self) -> None:
+        self.executor.shutdown(wait=False, cancel_futures=True)
+        await self.store.close()
+
+    async def __aenter__(self) -> "Repository":
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+    async def _run(self, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+
+    # -- writing -----------------------------------------------------------------
+    def session(self, **options) -> WriteSession:
+        """A write session for ingesting many files into shared packs; call
+        `await session.flush()` when done."""
+        return WriteSession(self, **options)
+
+    async def put_file(self, path: str | os.PathLike, ref: str | None = None, *,
+                       progress: Callable[[int], None] | None = None) -> IngestResult:
+        s = self.session()
+        try:
+            return await self._put_path(s, Path(path), ref, flush=True, progress=progress)
+        finally:
+            await _quiet_flush(s)
+
+    async def put_bytes(self, data, ref: str | None = None) -> IngestResult:
+        mv = memoryview(data).cast("B")
+        pos = 0
+
+        async def readinto(out: memoryview) -> int:
+            nonlocal pos
+            n = min(out.nbytes, mv.nbytes - pos)
+            out[:n] = mv[pos:pos + n]
+            pos += n
+            return n
+
+        s = self.session()
+        try:
+            return await s.ingest(readinto, ref)
+        finally:
+            await _quiet_flush(s)
+
+    async def put_stream(self, stream, ref: str | None = None, *,
+                         progress: Callable[[int], None] | None = None) -> IngestResult:
+        """Ingest a stream of unknown length: an async iterable of bytes-like
+        blocks, an object with `async read(n)`, or a binary file object."""
+        s = self.session()
+        try:
+            return await s.ingest(stream_reader(stream), ref, progress=progress)
+        finally:
+            await _quiet_flush(s)
+
+    async def put_tree(self, paths: Iterable[str | os.PathLike], *,
+                       on_result: Callable[[IngestResult], None] | None = None,
+                       progress: Callable[[int], None] | None = None) -> list[IngestResult]:
+        """Ingest files and directories (recursively).  A file's ref is its
+        name; a directory's files get DIRNAME/relative/path, as `cp -r` would
+        name them.  Every path is checked before anything is written."""
+        jobs = list(plan_tree(paths))
+        if not jobs:
+            return []
+        s = self.session()
+        slots = asyncio.Semaphore(FILES_IN_FLIGHT)
+        results: list[IngestResult | None] = [None] * len(jobs)
+        writes_left = len(jobs)
+        written = asyncio.Event()
+
+        async def one(i: int, path: Path, ref: str) -> None:
+            nonlocal writes_left
+            try:
+                async with slots:        # the data phase is what needs bounding
+                    w = await self._write_path(s, path, progress)
+            except BaseException:
+                written.set()
+                raise
+            finally:
+                writes_left -= 1
+                if not writes_left:
+                    written.set()
+            # Commits wait outside the slots for packs shared with later files.
+            results[i] = r = await s.commit(w, ref, flush=False)
+            if on_result:
+                on_result(r)
+
+        tasks = [asyncio.ensure_future(one(i, p, r)) for i, (p, r) in enumerate(jobs)]
+        try:
+            await written.wait()
+            failed = [t for t in tasks if t.done() and not t.cancelled() and t.exception()]
+            if failed:
+                raise failed[0].exception()
+            await s.flush()              # the last, partly filled pack
+            await asyncio.gather(*tasks)
+        except BaseException:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await _quiet_flush(s)
+            raise
+        return [r for r in results if r is not None]
+
+    async def _write_path(self, s: WriteSession, path: Path, progress):
+        try:
+            f = await asyncio.to_thread(open, path, "rb", buffering=0)
+        except FileNotFoundError:
+            raise NotFound(f"no such file: {path}") from None
+        except IsADirectoryError:
+            raise IngestError(f"is a directory: {path}") from None
+        except OSError as e:
+            raise IngestError(f"cannot read {path}: {e.strerror}") from None
+        try:
+            async def readinto(out: memoryview) -> int:
+                try:
+                    return await asyncio.to_thread(f.readinto, out)
+                except OSError as e:
+                    raise IngestError(f"cannot read {path}: {e.strerror}") from None
+            return await s.write(readinto, progress)
+        finally:
+            f.close()
+
+    async def _put_path(self, s, path: Path, ref, *, flush, progress=None) -> IngestResult:
+        if ref is not None:
+            ref_key(ref)
+        w = await self._write_path(s, path, progress)
+        return await s.commit(w, ref, flush=flush)
+
+    # -- reading -----------------------------------------------------------------
+    async def resolve(self, name: str) -> tuple[bytes, Manifest]:
+        """(file id, manifest) of a file id or ref name."""
+        fid = hashing.parse_hex_id(name)
+        if fid is None:
+            ref = await self.get_ref(name)
+            fid = bytes.fromhex(ref.file_id)
+        m = self._manifests.get(fid)
+        if m is None:
+            try:
+                data = await self.store.get(manifest_key(fid))
+            except ObjectNotFound:
+                raise NotFound(f"unknown file id {fid.hex()}") from None
+            m = await self._run(Manifest.decode, data, f"manifest {fid.hex()}", fid)
+            if len(self._manifests) > 256:
+                self._manifests.pop(next(iter(self._manifests)))
+            self._manifests[fid] = m
+        return fid, m
+
+    async def get_ref(self, name: str) -> Ref:
+        try:
+            data = await self.store.get(ref_key(name))
+        except ObjectNotFound:
+            raise NotFound(f"no such file or ref: {name}") from None
+        return Ref.decode(name, data)
+
+    async def iter_read(self, name: str, start: int = 0, end: int | None = None
+                        ) -> AsyncIterator[bytes]:
+        """Bytes [start, end) of a file, in order, as a few large blocks.
+        Frames are fetched READ_AHEAD at a time with range reads; every chunk
+        is checked against its id before a byte of it is returned."""
+        _, m = await self.resolve(name)
+        end = m.size if end is None else min(end, m.size)
+        if start < 0 or end < 0:
+            raise ValueError("negative range")
+        if start >= end:
+            return
+        ends = m.ends()
+        lo = int(np.searchsorted(ends, start, side="right"))
+        hi = int(np.searchsorted(ends, end - 1, side="right")) + 1
+        chunk_frames = m.chunks["frame"][lo:hi]
+        # Runs of consecutive chunks in one frame: one fetch each.
+        cuts = np.flatnonzero(np.diff(chunk_frames)) + 1
+        run_starts = np.concatenate(([0], cuts)) + lo
+        run_ends = np.concatenate((cuts, [hi - lo])) + lo
+        locs = m.locations(lo, hi)
+
+        def fetch(a: int, b: int):
+            return asyncio.ensure_future(self._read_run(m, locs[a - lo:b - lo],
+                                                        m.chunks["id"][a:b]))
+
+        runs = list(zip(run_starts.tolist(), run_ends.tolist()))
+        window: list[asyncio.Future] = [fetch(a, b) for a, b in runs[:READ_AHEAD]]
+        nxt = len(window)
+        try:
+            for a, b in runs:
+                data = await window.pop(0)
+                if nxt < len(runs):
+                    window.append(fetch(*runs[nxt]))
+                    nxt += 1
+                run_start = int(ends[a - 1]) if a else 0
+                s = max(start - run_start, 0)
+                e = min(end - run_start, len(data))
+                yield data if (s == 0 and e == len(data)) else data[s:e]
+        finally:
+            for f in window:
+                f.cancel()
+
+    async def _read_run(self, m: Manifest, locs: np.ndarray, ids: np.ndarray) -> bytes:
+        loc = locs[0]
+        pack = bytes(loc["pack"])
+        off, length = int(loc["frame_offset"]), int(loc["frame_length"])
+        what = f"pack {pack.hex()} frame at {off}"
+        try:
+            buf = await self.store.get(pack_key(pack), off, off + length)
+        except ObjectNotFound:
+            raise IntegrityError(f"missing pack {pack.hex()}") from None
+        return await self._run(_decode_run, buf, locs, ids, what)
+
+    async def read(self, name: str, start: int = 0, end: int | None = None) -> bytes:
+        return b"".join([b async for b in self.iter_read(name, start, end)])
+
+    async def restore(self, name: str, out: str | os.PathLike) -> int:
+        """Write a file to `out` (through a temporary file, renamed when
+        complete and verified); returns its size."""
+        out = Path(out)
+        tmp = out.with_name(f".{out.name}.ingest-tmp")
+        n = 0
+        try:
+            f = await asyncio.to_thread(open, tmp, "wb")
+        except OSError as e:
+            raise IngestError(f"cannot write {out}: {e.strerror}") from None
+        try:
+            with f:
+                async for block in self.iter_read(name):
+                    await asyncio.to_thread(f.write, block)
+                    n += len(block)
+            os.replace(tmp, out)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
+        return n
+
+    async def restore_tree(self, prefix: str, out_dir: str | os.PathLike,
+                           on_file: Callable[[str, int], None] | None = None) -> list[str]:
+        """Restore every file whose ref starts with `prefix` (ending in '/')
+        into out_dir, keeping the paths below the prefix."""
+        if not prefix.endswith("/"):
+            raise InvalidName("a tree prefix ends with '/'")
+        check_name(prefix.rstrip("/"))
+        out_dir = Path(out_dir)
+        refs = await self.list_refs(prefix)
+        if not refs:
+            raise NotFound(f"no files under {prefix}")
+        root = out_dir.absolute()
+        slots = asyncio.Semaphore(4)
+
+        async def one(ref: Ref) -> str:
+            rel = ref.name[len(prefix):]
+            check_name(rel)
+            target = root.joinpath(*rel.split("/"))
+            async with slots:
+                await asyncio.to_thread(target.parent.mkdir, parents=True, exist_ok=True)
+                n = await self.restore(ref.file_id, target)
+            if on_file:
+                on_file(ref.name, n)
+            return ref.name
+
+        return list(await asyncio.gather(*(one(r) for r in refs)))
+
+    async def list_refs(self, prefix: str = "") -> list[Ref]:
+        refs = []
+        async for o in self.store.list(REFS_PREFIX + prefix):
+            name = o.key[len(REFS_PREFIX):]
+            try:
+                refs.append(Ref.decode(name, await self.store.get(o.key)))
+            except ObjectNotFound:
+                continue            # deleted while listing
+        return refs
+
+    async def delete_ref(self, name: str) -> None:
+        if await self.store.head(ref_key(name)) is None:
+            raise NotFound(f"no such ref: {name}")
+        await self.store.delete(ref_key(name))
+
+    # -- whole-store views ---------------------------------------------------------
+    async def stats(self) -> dict:
+        sizes: dict[str, list[int]] = {}
+        for prefix in (PACK_PREFIX, INDEX_PREFIX, FILES_PREFIX, REFS_PREFIX):
+            sizes[prefix] = [o.size async for o in self.store.list(prefix)]
+        refs = await self.list_refs()
+        logical = sum(r.size for r in refs)
+        stored = sum(sum(v) for v in sizes.values())
+        return {
+            "refs": len(refs),
+            "files": len(sizes[FILES_PREFIX]),
+            "logical_bytes": logical,
+            "stored_bytes": stored,
+            "pack_bytes": sum(sizes[PACK_PREFIX]),
+            "metadata_bytes": stored - sum(sizes[PACK_PREFIX]),
+            "packs": len(sizes[PACK_PREFIX]),
+            "chunks": len(self.index),
+            "dedup_ratio": round(logical / stored, 4) if stored else None,
+        }
+
+    async def verify(self, progress: Callable[[int], None] | None = None) -> VerifyReport:
+        """Check everything: every ref resolves to a manifest that matches its
+        id, every pack's footer and frames check out and every chunk hashes to
+        its id, and every manifest's chunks are where it says."""
+        rep = VerifyReport()
+        chunks_at: dict[bytes, set] = {}        # pack id -> {(frame offset, offset, length, id)}
+        async for o in self.store.list(PACK_PREFIX):
+            rep.packs += 1
+            pid = hashing.parse_hex_id(o.key[len(PACK_PREFIX):])
+            if pid is None:
+                rep.problems.append(f"{o.key}: not a pack id")
+                continue
+            try:
+                data = await self.store.get(o.key)
+                good, n = await self._run(_verify_pack, data, pid, f"pack {pid.hex()}")
+                chunks_at[pid] = good
+                rep.chunks += len(good)
+                rep.bytes_checked += n
+                if progress:
+                    progress(len(data))
+            except IngestError as e:
+                rep.problems.append(str(e))
+        ids_ok: dict[bytes, Manifest] = {}
+        async for o in self.store.list(FILES_PREFIX):
+            rep.files += 1
+            fid = hashing.parse_hex_id(o.key[len(FILES_PREFIX):])
+            what = f"manifest {o.key[len(FILES_PREFIX):]}"
+            if fid is None:
+                rep.problems.append(f"{o.key}: not a file id")
+                continue
+            try:
+                m = Manifest.decode(await self.store.get(o.key), what, fid)
+            except IngestError as e:
+                rep.problems.append(str(e))
+                continue
+            locs = m.locations()
+            for i, (pack, foff, off, ln) in enumerate(zip(
+                    locs["pack"].tolist(), locs["frame_offset"].tolist(),
+                    locs["offset"].tolist(), locs["length"].tolist())):
+                good = chunks_at.get(pack)
+                if good is None:
+                    rep.problems.append(f"{what}: chunk {i} is in missing or damaged pack {pack.hex()}")
+                    break
+                if (foff, off, ln, bytes(m.chunks["id"][i])) not in good:
+                    rep.problems.append(f"{what}: chunk {i} is not where the manifest says")
+                    break
+            else:
+                ids_ok[fid] = m
+        async for o in self.store.list(REFS_PREFIX):
+            rep.refs += 1
+            name = o.key[len(REFS_PREFIX):]
+            try:
+                ref = Ref.decode(name, await self.store.get(o.key))
+            except IngestError as e:
+                rep.problems.append(str(e))
+                continue
+            m = ids_ok.get(bytes.fromhex(ref.file_id))
+            if m is None:
+                rep.problems.append(f"ref {name}: file {ref.file_id} is missing or damaged")
+            elif m.size != ref.size or m.sha256.hex() != ref.sha256:
+                rep.problems.append(f"ref {name}: size or sha256 differs from its manifest")
+        async for o in self.store.list(INDEX_PREFIX):
+            try:
+                _, locs = decode_shard(await self.store.get(o.key), f"index shard {o.key}")
+            except IngestError as e:
+                rep.problems.append(str(e))
+                continue
+            missing = {bytes(p) for p in np.unique(locs["pack"]).tolist()} - chunks_at.keys()
+            if missing:
+                rep.problems.append(f"index shard {o.key}: names {len(missing)} missing pack(s)")
+        return rep
+
+
+def _decode_run(buf, locs: np.ndarray, ids: np.ndarray, what: str) -> bytes:
+    loc = locs[0]
+    stored = check_frame(buf, int(loc["frame_raw"]), int(loc["codec"]), what)
+    raw = decompress(int(loc["codec"]), stored, int(loc["frame_raw"]))
+    a = int(locs["offset"][0])
+    b = int(locs["offset"][-1]) + int(locs["length"][-1])
+    mv = memoryview(raw)
+    pos = a
+    for off, ln, cid in zip(locs["offset"].tolist(), locs["length"].tolist(),
+                            ids.view("S32").reshape(-1).tolist()):
+        if off != pos:   # chunks of a run are contiguous in the frame, or it is not one run
+            return b"".join(_decode_single(raw, locs, ids, what))
+        if hashing.chunk_id(mv[off:off + ln]) != cid:
+            raise IntegrityError(f"{what}: chunk does not match its id (data is corrupted)")
+        pos += ln
+    return raw[a:b] if (a, b) != (0, len(raw)) else raw
+
+
+def _decode_single(raw: bytes, locs, ids, what):
+    mv = memoryview(raw)
+    for off, ln, cid in zip(locs["offset"].tolist(), locs["length"].tolist(),
+                            ids.view("S32").reshape(-1).tolist()):
+        piece = mv[off:off + ln]
+        if hashing.chunk_id(piece) != cid:
+            raise IntegrityError(f"{what}: chunk does not match its id (data is corrupted)")
+        yield bytes(piece)
+
+
+def _verify_pack(data: bytes, pack_id: bytes, what: str) -> tuple[set, int]:
+    check_header(data[:8], what)
+    off, length = footer_location(len(data), data[-TRAILER.size:], what)
+    footer = data[off:off + length]
+    import blake3
+    if blake3.blake3(footer).digest() != pack_id:
+        raise IntegrityError(f"{what}: footer does not match the pack id")
+    frames, chunks = parse_footer(footer, what)
+    good = set()
+    mv = memoryview(data)
+    for fi, fr in enumerate(frames.tolist()):
+        foff, flen, raw_len, codec = fr[0], fr[1], fr[2], fr[3]
+        if foff + flen > off:
+            raise FormatError(f"{what}: frame {fi} lies outside the pack")
+        stored = check_frame(mv[foff:foff + flen], raw_len, codec, f"{what} frame {fi}")
+        raw = memoryview(decompress(codec, stored, raw_len))
+        sel = chunks[chunks["frame"] == fi]
+        for cid, c_off, c_len in zip(sel["id"].tolist(), sel["offset"].tolist(), sel["length"].tolist()):
+            if hashing.chunk_id(raw[c_off:c_off + c_len]) != cid:
+                raise IntegrityError(f"{what}: frame {fi} chunk at {c_off} does not match its id")
+            good.add((foff, c_off, c_len, cid))
+    return good, len(data)
+
+
+def stream_reader(stream):
+    """Adapt a stream to `async readinto(memoryview) -> int`."""
+    if hasattr(stream, "__aiter__"):
+        it = stream.__aiter__()
+        pending = memoryview(b"")
+
+        async def readinto(out: memoryview) -> int:
+            nonlocal pending
+            while not pending:
+                try:
+                    pending = memoryview(await it.__anext__()).cast("B")
+                except StopAsyncIteration:
+                    return 0
+            n = min(out.nbytes, pending.nbytes)
+            out[:n] = pending[:n]
+            pending = pending[n:]
+            return n
+        return readinto
+    read = getattr(stream, "read", None)
+    if read is not None and asyncio.iscoroutinefunction(read):
+        async def readinto(out: memoryview) -> int:
+            data = await read(out.nbytes)
+            out[:len(data)] = data
+            return len(data)
+        return readinto
+    if hasattr(stream, "readinto"):
+        async def readinto(out: memoryview) -> int:
+            return (await asyncio.to_thread(stream.readinto, out)) or 0
+        return readinto
+    raise TypeError("put_stream needs an async iterable, an async read(), or a binary file")
+
+
+def plan_tree(paths: Iterable[str | os.PathLike]) -> Iterable[tuple[Path, str]]:
+    """(file, ref) for every regular file under `paths`, checking each path
+    exists first.  Symlinks to files are followed; symlinked directories are
+    not entered (no loops); sockets, fifos and devices are skipped."""
+    jobs = []
+    for raw in paths:
+        p = Path(raw)
+        try:
+            st = p.stat()
+        except FileNotFoundError:
+            raise NotFound(f"no such file or directory: {raw}") from None
+        except OSError as e:
+            raise IngestError(f"cannot access {raw}: {e.strerror}") from None
+        if stat.S_ISREG(st.st_mode):
+            jobs.append((p, p.name))
+        elif stat.S_ISDIR(st.st_mode):
+            top = p.resolve().name or "root"
+            for dirpath, dirnames, filenames in os.walk(p, onerror=_raise):
+                dirnames.sort()
+                rel = os.path.relpath(dirpath, p)
+                for name in sorted(filenames):
+                    fp = Path(dirpath, name)
+                    if not fp.is_file():
+                        continue
+                    parts = [top] + ([] if rel == "." else rel.split(os.sep)) + [name]
+                    jobs.append((fp, "/".join(parts)))
+        else:
+            raise IngestError(f"not a regular file or directory: {raw}")
+    for _, ref in jobs:
+        check_name(ref)
+    return jobs
+
+
+def _raise(e: OSError):
+    raise IngestError(f"cannot read directory {e.filename}: {e.strerror}")
+
+
+def _batches(items: list, n: int):
+    for i in range(0, len(items), n):
+        yield items[i:i + n]
+
+
+async def _quiet_flush(s: WriteSession) -> None:
+    try:
+        await s.flush()
+    except BaseException:
+        pass
