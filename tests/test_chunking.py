@@ -1,0 +1,148 @@
+"""The chunker: golden cut points, block-split invariance, bounds, and the
+fast kernel against the plain reference kernel."""
+import blake3
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ingest import _chunker
+from ingest.chunking import DEFAULT_PARAMS, ChunkParams, StreamChunker, chunk_ends, find_ends
+
+SMALL = ChunkParams(64, 256, 1024, 10, 6)      # many chunks from little data, for property tests
+
+
+def golden_data() -> bytes:
+    rng = np.random.default_rng(2026)
+    return (rng.integers(0, 256, 4 << 20, dtype=np.uint8).tobytes() + bytes(1 << 20)
+            + b"The quick brown fox. " * 50000)
+
+
+def digest(ends: np.ndarray) -> str:
+    return blake3.blake3(ends.astype("<u8").tobytes()).hexdigest()
+
+
+def test_golden_cut_points_default_params():
+    # A change here moves every cut point and silently defeats dedup against
+    # every existing store: bump the chunking format instead.
+    data = golden_data()
+    ends = chunk_ends(data)
+    assert len(ends) == 81
+    assert ends[:8].tolist() == [79321, 160906, 196340, 238392, 287677, 318225, 354843, 428643]
+    assert digest(ends) == "aac5bbdc5548deebc3aebc5218d7ff5efece36d3e5f6defcbb798430ece28d5b"
+
+
+@pytest.mark.parametrize("params,count,expected", [
+    (ChunkParams(2048, 8192, 65536, 15, 11), 111,
+     "556b8a0b1ed1e51a97340ce1414494e9501f85ddbfe86bb8f30aee2165a7255b"),
+    (SMALL, 3614, "dc93429f7e2ce4a78ebd8784de4372d05efa08964b1e726b61b82bff13dbccb7"),
+])
+def test_golden_cut_points_param_grid(params, count, expected):
+    ends = chunk_ends(golden_data()[:1 << 20], params)
+    assert len(ends) == count
+    assert digest(ends) == expected
+
+
+def test_default_params_are_the_documented_ones():
+    assert DEFAULT_PARAMS == ChunkParams(16384, 65536, 262144, 17, 13)
+
+
+def check_bounds(data: bytes, ends: np.ndarray, p: ChunkParams) -> None:
+    if not data:
+        assert len(ends) == 0
+        return
+    assert int(ends[-1]) == len(data)
+    lengths = np.diff(np.concatenate(([0], ends.astype(np.int64))))
+    assert (lengths[:-1] >= p.min_size).all()
+    assert (lengths >= 1).all()
+    assert (lengths <= p.max_size).all()
+
+
+@pytest.mark.parametrize("params", [DEFAULT_PARAMS, SMALL, ChunkParams(4096, 4096, 4096, 20, 20)])
+def test_bounds_on_random_and_constant_data(params):
+    rng = np.random.default_rng(1)
+    for data in (rng.integers(0, 256, 3 << 20, dtype=np.uint8).tobytes(),
+                 bytes(3 << 20), b"\xff" * 1000 + bytes(700_000)):
+        check_bounds(data, chunk_ends(data, params), params)
+
+
+def test_mean_chunk_size_near_64k():
+    data = np.random.default_rng(3).integers(0, 256, 32 << 20, dtype=np.uint8).tobytes()
+    mean = len(data) / len(chunk_ends(data))
+    assert 56 << 10 <= mean <= 72 << 10
+
+
+@pytest.mark.parametrize("data", [b"", b"x", bytes(100), bytes(range(256)) * 10])
+def test_tiny_inputs_are_one_chunk(data):
+    ends = chunk_ends(data)
+    assert ends.tolist() == ([len(data)] if data else [])
+
+
+def test_accepts_any_buffer():
+    data = np.random.default_rng(4).integers(0, 256, 1 << 20, dtype=np.uint8)
+    expect = chunk_ends(data.tobytes())
+    for buf in (bytearray(data.tobytes()), memoryview(data.tobytes()), data, data.view(np.uint32)):
+        assert np.array_equal(chunk_ends(buf), expect)
+
+
+@pytest.mark.parametrize("params", [DEFAULT_PARAMS, SMALL, ChunkParams(2048, 8192, 65536, 15, 11)])
+def test_fast_kernel_matches_reference(params):
+    rng = np.random.default_rng(5)
+    data = rng.integers(0, 256, 1 << 20, dtype=np.uint8).tobytes() + bytes(300_000)
+    fast, _ = _chunker.find_ends(params.native(), data, True, 0, False)
+    ref, _ = _chunker.find_ends(params.native(), data, True, 0, True)
+    assert np.array_equal(fast, ref)
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), size=st.integers(0, 60_000),
+       splits=st.lists(st.integers(0, 60_000), max_size=12))
+def test_stream_any_split_gives_same_chunks(seed, size, splits):
+    rng = np.random.default_rng(seed)
+    # Mix random and repetitive runs so both thresholds and max cuts occur.
+    data = bytes(rng.integers(0, 256, size, dtype=np.uint8))
+    data = data[: size // 2] + bytes(size // 4) + data[size // 2:]
+    expect = chunk_ends(data, SMALL)
+    sc = StreamChunker(SMALL)
+    got = []
+    prev = 0
+    for cut in sorted(set(s % (len(data) + 1) for s in splits)) + [len(data)]:
+        got.extend(sc.update(data[prev:cut]).tolist())
+        prev = cut
+    got.extend(sc.finish().tolist())
+    assert got == expect.tolist()
+    check_bounds(data, np.array(got, dtype=np.uint64), SMALL)
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), block=st.integers(1, 5000))
+def test_find_ends_resumes_with_scanned(seed, block):
+    # The pipeline's form: keep the unfinished tail, pass `scanned` back.
+    data = bytes(np.random.default_rng(seed).integers(0, 256, 40_000, dtype=np.uint8))
+    expect = chunk_ends(data, SMALL).tolist()
+    got, buf, base, scanned = [], b"", 0, 0
+    for i in range(0, len(data), block):
+        buf += data[i:i + block]
+        eof = i + block >= len(data)
+        ends, scanned = find_ends(buf, eof, scanned, SMALL)
+        got += [base + int(e) for e in ends]
+        if len(ends):
+            base += int(ends[-1])
+            buf = buf[int(ends[-1]):]
+    assert got == expect
+
+
+def test_params_validation():
+    with pytest.raises(ValueError):
+        ChunkParams(32, 64, 128)
+    with pytest.raises(ValueError):
+        ChunkParams(1024, 512, 4096)
+    with pytest.raises(ValueError):
+        ChunkParams(strict_bits=10, loose_bits=12)
+
+
+def test_stream_update_after_finish_fails():
+    sc = StreamChunker()
+    sc.finish()
+    with pytest.raises(ValueError):
+        sc.update(b"x")
