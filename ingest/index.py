@@ -54,6 +54,7 @@ def _fixed_np(col) -> np.ndarray:
 def encode_shard(ids: np.ndarray, locs: np.ndarray) -> tuple[str, bytes]:
     """(key, object bytes) of a shard holding these rows."""
     ids = np.ascontiguousarray(ids).view("V32").reshape(-1)
+    # "S32" sorts as memcmp (trailing NULs only pad equal-length values)
     order = np.argsort(ids.view(np.uint8).reshape(-1, 32).view("S32").reshape(-1), kind="stable")
     ids, locs = ids[order], locs[order]
     cols = [_fixed(ids), _fixed(locs["pack"])]

@@ -179,7 +179,7 @@ class WriteSession:
             await self.repo.store.put(key, shard, if_absent=True)
             self.repo.index.add(ids, locs)
             self.repo.index.shards.add(key)
-            for cid in ids.view("S32").reshape(-1).tolist():
+            for cid in ids.view("V32").reshape(-1).tolist():
                 self._pending.pop(cid, None)
             pack.stored.set_result(pack_id)
         except BaseException as e:
@@ -259,7 +259,7 @@ class WriteSession:
                     locs["length"] = lengths
                     missing = np.flatnonzero(~found)
                     if len(missing):
-                        id_bytes = ids[missing].view("S32").reshape(-1).tolist()
+                        id_bytes = ids[missing].view("V32").reshape(-1).tolist()
                         for i, cid, s, ln in zip(missing.tolist(), id_bytes,
                                                  starts[missing].tolist(),
                                                  lengths[missing].tolist()):
@@ -283,7 +283,9 @@ class WriteSession:
                         progress(tail)
                 rest = filled - tail
                 if rest:
-                    buf[:rest] = mv[tail:filled]     # move the unfinished chunk to the front
+                    # Move the unfinished chunk to the front; bytes() because the
+                    # regions may overlap when a block ends in a long chunk.
+                    buf[:rest] = bytes(mv[tail:filled])
                 filled = rest
                 del view
             if frame.lengths:

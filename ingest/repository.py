@@ -10,6 +10,7 @@ named.  `ingest.open()` gives the same API synchronously.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import stat
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -35,6 +36,8 @@ from .refs import PREFIX as REFS_PREFIX
 from .refs import Ref, check_name
 from .refs import key as ref_key
 from .stores import ObjectNotFound, Store, open_store
+
+log = logging.getLogger("ingest")
 
 READ_AHEAD = 8           # frames fetched ahead of the one being returned
 FILES_IN_FLIGHT = 8      # files of a tree ingested at once
@@ -70,7 +73,10 @@ class Repository:
         """Open the store at a URL or path (creating it if `create`), read its
         config and load its index."""
         if not isinstance(store, Store):
-            store = open_store(store)
+            url = os.fspath(store)
+            local = "://" not in url or url.startswith("file://")
+            # Reading must not leave an empty directory behind a mistyped path.
+            store = open_store(url, create=False) if local and not create else open_store(url)
         try:
             try:
                 cfg = StoreConfig.decode(await store.get(CONFIG_KEY))
@@ -94,12 +100,21 @@ class Repository:
                 if o.key not in self.index.shards]
 
         async def load(key: str):
-            data = await self.store.get(key)
-            return key, await self._run(decode_shard, data, f"index shard {key}")
+            try:
+                data = await self.store.get(key)
+                return key, await self._run(decode_shard, data, f"index shard {key}")
+            except ObjectNotFound:
+                return key, None
+            except IngestError as e:
+                # The index only speeds up dedup: a damaged shard costs
+                # re-storing its chunks, never a wrong read.  `verify` reports it.
+                log.warning("skipping %s", e)
+                return key, None
 
         for chunk in _batches(keys, 16):
-            for key, (ids, locs) in await asyncio.gather(*(load(k) for k in chunk)):
-                self.index.add(ids, locs)
+            for key, rows in await asyncio.gather(*(load(k) for k in chunk)):
+                if rows is not None:
+                    self.index.add(*rows)
                 self.index.shards.add(key)
         return len(keys)
 
@@ -480,7 +495,7 @@ def _decode_run(buf, locs: np.ndarray, ids: np.ndarray, what: str) -> bytes:
     mv = memoryview(raw)
     pos = a
     for off, ln, cid in zip(locs["offset"].tolist(), locs["length"].tolist(),
-                            ids.view("S32").reshape(-1).tolist()):
+                            ids.view("V32").reshape(-1).tolist()):
         if off != pos:   # chunks of a run are contiguous in the frame, or it is not one run
             return b"".join(_decode_single(raw, locs, ids, what))
         if hashing.chunk_id(mv[off:off + ln]) != cid:
@@ -492,7 +507,7 @@ def _decode_run(buf, locs: np.ndarray, ids: np.ndarray, what: str) -> bytes:
 def _decode_single(raw: bytes, locs, ids, what):
     mv = memoryview(raw)
     for off, ln, cid in zip(locs["offset"].tolist(), locs["length"].tolist(),
-                            ids.view("S32").reshape(-1).tolist()):
+                            ids.view("V32").reshape(-1).tolist()):
         piece = mv[off:off + ln]
         if hashing.chunk_id(piece) != cid:
             raise IntegrityError(f"{what}: chunk does not match its id (data is corrupted)")
