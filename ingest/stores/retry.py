@@ -1,0 +1,186 @@
+"""A Store wrapper that retries transient failures, bounds concurrency and
+counts requests.
+
+Stores say what is worth retrying by raising TransientStoreError (throttling,
+5xx, timeouts, refused or dropped connections); everything else (a missing
+object, a missing bucket, bad credentials, an invalid key) fails at once.
+Backoff is exponential with full jitter: before retry n the wrapper sleeps a
+uniform random time in [0, min(cap, base * 2**n)], so clients that failed
+together do not retry together.  The concurrency slot is held per attempt, not
+across the sleeps, so a backing-off request does not starve the others.
+
+Every operation is idempotent except a put with if_absent: if a first attempt
+stored the object but its answer was lost, the retry finds the object there
+and reports False.  Content-addressed objects are the same bytes either way;
+a caller using if_absent as a lock must not read False as "someone else won".
+"""
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from ..errors import StoreError
+from .base import ObjectInfo, ObjectNotFound, Store
+
+OPERATIONS = ("put", "get", "head", "list", "delete")
+
+
+class TransientStoreError(StoreError):
+    """A failure that may pass if the request is repeated."""
+
+
+class RetriesExhausted(StoreError):
+    """A transient failure persisted through every attempt; `cause` is the last one."""
+
+    def __init__(self, message: str, cause: TransientStoreError) -> None:
+        super().__init__(message)
+        self.cause = cause
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often and how patiently to retry.
+
+    The defaults wait at most 0.1 + 0.2 + ... + 12.8 + 15 = 40.5 s over 10
+    attempts (about half that on average): enough to ride out a server
+    restart (SeaweedFS restarts in about 2 s) or a burst of S3 SlowDown.
+    """
+    attempts: int = 10          # tries per operation, the first included
+    base: float = 0.1           # seconds; the backoff cap before the first retry
+    cap: float = 15.0           # seconds; no single backoff is longer
+
+    def __post_init__(self) -> None:
+        if self.attempts < 1 or self.base < 0 or self.cap < 0:
+            raise ValueError(f"invalid retry policy {self}")
+
+    def backoff(self, retry: int, rng: random.Random) -> float:
+        """Seconds to sleep before retry number `retry` (0-based): full jitter."""
+        return rng.uniform(0.0, min(self.cap, self.base * (2.0 ** retry)))
+
+
+@dataclass
+class OpMetrics:
+    requests: int = 0       # operations started (one per call, however many attempts)
+    retries: int = 0        # attempts beyond the first
+    errors: int = 0         # operations that raised (ObjectNotFound is an answer, not an error)
+    bytes_in: int = 0       # bytes received from the store (get)
+    bytes_out: int = 0      # bytes sent to the store by puts that stored them
+
+
+@dataclass
+class _Metrics:
+    ops: dict[str, OpMetrics] = field(default_factory=lambda: {op: OpMetrics() for op in OPERATIONS})
+
+
+class RetryStore(Store):
+    """Wrap `inner` with retries, a concurrency limit and counters."""
+
+    def __init__(self, inner: Store, *, policy: RetryPolicy | None = None,
+                 max_concurrency: int = 16, rng: random.Random | None = None) -> None:
+        if max_concurrency < 1:
+            raise ValueError("max_concurrency must be at least 1")
+        self.inner = inner
+        self.url = inner.url
+        self.policy = policy or RetryPolicy()
+        self.max_concurrency = max_concurrency
+        self._slots = asyncio.Semaphore(max_concurrency)
+        self._rng = rng or random.Random()
+        self._metrics = _Metrics()
+
+    def __repr__(self) -> str:
+        return f"RetryStore({self.inner!r})"
+
+    def metrics(self) -> dict[str, dict[str, int]]:
+        """Counters by operation: {"put": {"requests", "retries", "errors",
+        "bytes_in", "bytes_out"}, "get": ..., ...}, plus "total" summing them."""
+        out = {op: dict(vars(m)) for op, m in self._metrics.ops.items()}
+        out["total"] = {k: sum(m[k] for m in out.values()) for k in vars(OpMetrics())}
+        return out
+
+    def _give_up(self, op: str, attempts: int, t0: float, e: TransientStoreError) -> RetriesExhausted:
+        return RetriesExhausted(
+            f"{e} (gave up after {attempts} attempts in {time.monotonic() - t0:.1f} s)", e)
+
+    async def _call(self, op: str, fn, *args, **kwargs):
+        m = self._metrics.ops[op]
+        m.requests += 1
+        t0 = time.monotonic()
+        attempt = 0
+        while True:
+            try:
+                async with self._slots:
+                    return await fn(*args, **kwargs)
+            except TransientStoreError as e:
+                attempt += 1
+                if attempt >= self.policy.attempts:
+                    m.errors += 1
+                    raise self._give_up(op, attempt, t0, e) from e
+                m.retries += 1
+                await asyncio.sleep(self.policy.backoff(attempt - 1, self._rng))
+            except ObjectNotFound:
+                raise
+            except Exception:
+                m.errors += 1
+                raise
+
+    async def put(self, key: str, data, *, if_absent: bool = False) -> bool:
+        stored = await self._call("put", self.inner.put, key, data, if_absent=if_absent)
+        if stored:
+            self._metrics.ops["put"].bytes_out += memoryview(data).nbytes
+        return stored
+
+    async def get(self, key: str, start: int = 0, end: int | None = None) -> bytes:
+        data = await self._call("get", self.inner.get, key, start, end)
+        self._metrics.ops["get"].bytes_in += len(data)
+        return data
+
+    async def head(self, key: str) -> ObjectInfo | None:
+        return await self._call("head", self.inner.head, key)
+
+    async def delete(self, key: str) -> None:
+        await self._call("delete", self.inner.delete, key)
+
+    async def list(self, prefix: str = "") -> AsyncIterator[ObjectInfo]:
+        """List, and after a transient failure list again from the start,
+        skipping the keys already yielded (keys come in order).  The retry
+        budget restarts whenever the listing makes progress, so a long listing
+        is not failed by a few scattered errors."""
+        m = self._metrics.ops["list"]
+        m.requests += 1
+        t0 = time.monotonic()
+        attempt = 0
+        last: str | None = None
+        while True:
+            it = aiter(self.inner.list(prefix))
+            try:
+                while True:
+                    async with self._slots:
+                        try:
+                            info = await anext(it)
+                        except StopAsyncIteration:
+                            return
+                    if last is not None and info.key <= last:
+                        continue
+                    last = info.key
+                    attempt = 0
+                    yield info
+            except TransientStoreError as e:
+                attempt += 1
+                if attempt >= self.policy.attempts:
+                    m.errors += 1
+                    raise self._give_up("list", attempt, t0, e) from e
+                m.retries += 1
+            except Exception:
+                m.errors += 1
+                raise
+            finally:
+                aclose = getattr(it, "aclose", None)
+                if aclose is not None:
+                    await aclose()
+            await asyncio.sleep(self.policy.backoff(attempt - 1, self._rng))
+
+    async def close(self) -> None:
+        await self.inner.close()
