@@ -428,8 +428,9 @@ class _DatasetGen:
         next_id = int(pc.max(table[id_col]).as_py()) + 1
         ts = table[ts_col].cast(pa.int64()).to_numpy()
 
-        # edits: whole rows rewritten in place, keeping their id and timestamp
-        k = max(3, n // 400)
+        # edits: a few whole rows rewritten in place, keeping their id and timestamp (each
+        # scattered edit costs a chunk, so many of them would turn this into a rewrite)
+        k = max(2, n // 5000)
         idx = np.sort(rng.choice(n, size=min(k, n), replace=False))
         repl = make(len(idx), 0, 0.0)
         mask = np.zeros(n, bool)
