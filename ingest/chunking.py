@@ -20,7 +20,7 @@ class ChunkParams:
     """min/normal/max chunk sizes and the bit counts of the two thresholds.
 
     A length up to `normal_size` ends a chunk with probability 2**-strict_bits
-    per byte, beyond it 2**-loose_bits (normalized chunking, level 2): chunk
+    per byte, beyond it 2**-loose_bits (normalized chunking): chunk
     sizes cluster around the average instead of spreading geometrically,
     which dedups better for the same average.  Defaults measured on 128 MiB
     of random bytes: mean 63.4 KiB, std 18.8 KiB, no chunk forced at max_size.

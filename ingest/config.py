@@ -16,6 +16,9 @@ from .errors import FormatError
 
 MAGIC, VERSION = b"IGCF", 1
 KEY = "config"
+# The cut rule of native/gearcdc.c with the GEAR table of gen_gear_table.py.
+# Any change that moves a cut point gets a new name.
+CHUNKER = "gear-nc-v1"
 
 
 @dataclass(frozen=True)
@@ -34,7 +37,7 @@ class StoreConfig:
             raise ValueError("zstd_level must be in -7..22")
 
     def encode(self) -> bytes:
-        d = {"chunking": self.chunking.to_dict(), "frame_size": self.frame_size,
+        d = {"chunker": CHUNKER, "chunking": self.chunking.to_dict(), "frame_size": self.frame_size,
              "pack_size": self.pack_size, "zstd_level": self.zstd_level}
         return seal(MAGIC, VERSION, json.dumps(d, sort_keys=True).encode())
 
@@ -43,7 +46,12 @@ class StoreConfig:
         _, payload = unseal(data, MAGIC, {VERSION}, "store config")
         try:
             d = json.loads(bytes(payload))
+            if d.get("chunker") != CHUNKER:
+                raise FormatError(f"store config: chunker {d.get('chunker')!r} is not supported "
+                                  f"by this build ({CHUNKER!r})")
             return cls(ChunkParams.from_dict(d["chunking"]), int(d["frame_size"]),
                        int(d["pack_size"]), int(d["zstd_level"]))
+        except FormatError:
+            raise
         except (ValueError, KeyError, TypeError) as e:
             raise FormatError(f"store config: malformed ({e})") from None

@@ -12,8 +12,12 @@ byte range can be verified from its own rows plus a few sibling hashes.
 """
 from __future__ import annotations
 
+import re
+
 import blake3
 import numpy as np
+
+_HEX = re.compile(r"[0-9a-f]+")
 
 ID_LEN = 32
 FANOUT = 64
@@ -55,9 +59,6 @@ def file_id(ids: np.ndarray, lengths: np.ndarray) -> bytes:
 
 def parse_hex_id(text: str) -> bytes | None:
     """The 32 bytes of a 64-character hex id, or None if `text` is not one."""
-    if len(text) != 2 * ID_LEN:
+    if len(text) != 2 * ID_LEN or not _HEX.fullmatch(text):
         return None
-    try:
-        return bytes.fromhex(text)
-    except ValueError:
-        return None
+    return bytes.fromhex(text)

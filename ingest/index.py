@@ -16,11 +16,13 @@ import blake3
 import numpy as np
 import pyarrow as pa
 
+from .compression import CODECS
 from .envelope import seal, unseal
 from .errors import FormatError
 
 MAGIC, VERSION = b"IGIX", 1
 PREFIX = "index/"
+MAX_FRAME_RAW = 64 << 20     # as pack.MAX_FRAME_RAW (pack imports this module's LOCATION)
 
 # Where a chunk is: its frame in a pack, and its place inside the raw frame.
 LOCATION = np.dtype([("pack", "V32"), ("frame_offset", "<u8"), ("frame_length", "<u4"),
@@ -80,6 +82,10 @@ def decode_shard(data, what: str) -> tuple[np.ndarray, np.ndarray]:
     locs["pack"] = _fixed_np(table.column("pack_id"))
     for col, dst in _NUMERIC:
         locs[dst] = table.column(col).to_numpy()
+    if len(locs) and (locs["frame_raw"].max() > MAX_FRAME_RAW
+                      or not np.isin(locs["codec"], list(CODECS)).all()
+                      or ((locs["offset"].astype(np.uint64) + locs["length"]) > locs["frame_raw"]).any()):
+        raise FormatError(f"{what}: invalid row")
     return _fixed_np(table.column("chunk_id")).copy(), locs
 
 
@@ -93,6 +99,7 @@ class ChunkIndex:
     def __init__(self) -> None:
         self._runs: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         self.shards: set[str] = set()     # shard keys already loaded
+        self.version = 0                  # bumped by every add
 
     def __len__(self) -> int:
         return sum(len(k) for k, _, _ in self._runs)
@@ -100,6 +107,7 @@ class ChunkIndex:
     def add(self, ids: np.ndarray, locs: np.ndarray) -> None:
         if not len(locs):
             return
+        self.version += 1
         ids = np.ascontiguousarray(ids).view("V32").reshape(-1)
         keys = _keys(ids)
         order = np.argsort(keys, kind="stable")

@@ -20,7 +20,9 @@ import numpy as np
 from .envelope import seal, unseal
 from .errors import FormatError, IntegrityError
 from .hashing import file_id as compute_file_id
+from .compression import CODECS
 from .index import LOCATION
+from .pack import MAX_FRAME_RAW
 
 MAGIC, VERSION = b"IGFM", 1
 PREFIX = "files/"
@@ -115,8 +117,9 @@ class Manifest:
         frames = np.frombuffer(p, FRAME_ROW, nframes, off).copy()
         off += FRAME_ROW.itemsize * nframes
         chunks = np.frombuffer(p, CHUNK_ROW, nchunks, off).copy()
-        if nframes and frames["pack"].max() >= npacks:
-            raise FormatError(f"{what}: frame refers to a missing pack entry")
+        if nframes and (frames["pack"].max() >= npacks or frames["raw_len"].max() > MAX_FRAME_RAW
+                        or not np.isin(frames["codec"], list(CODECS)).all()):
+            raise FormatError(f"{what}: invalid frame entry")
         if nchunks:
             if chunks["frame"].max() >= nframes:
                 raise FormatError(f"{what}: chunk refers to a missing frame entry")

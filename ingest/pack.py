@@ -9,7 +9,8 @@
     trailer  16 bytes  footer_len(u64) b"IGPK" version(u8) 0 0 0
 
 pack id = BLAKE3-256 of the footer envelope, which lists every frame's offset
-and checksum and every chunk's id, so the id commits to the whole pack.  A
+and XXH3 checksum and every chunk's BLAKE3 id: the id names the pack's
+contents (cryptographically through the chunk ids, which every read checks).  A
 reader of one chunk needs only the frame (offset and length come from the
 index or a manifest); `verify` and index rebuilds read the footer.
 """
@@ -32,6 +33,7 @@ TRAILER = struct.Struct("<Q4sB3x")
 FOOTER_COUNTS = struct.Struct("<II")
 PACK_MAGIC, FRAME_MAGIC, FOOTER_MAGIC = b"IGPK", b"IGFR", b"IGPF"
 MAX_FRAME_RAW = 64 << 20     # parsers refuse frames claiming more
+MAX_FRAME_CHUNKS = 0xFFFF    # the frame header counts chunks in a u16
 
 FRAME_ROW = np.dtype([("offset", "<u8"), ("length", "<u4"), ("raw_len", "<u4"),
                       ("codec", "u1"), ("nchunks", "<u2"), ("checksum", "<u8")], align=False)
@@ -43,17 +45,21 @@ def frame_header(codec: int, nchunks: int, raw_len: int, stored) -> bytes:
                              xxhash.xxh3_64_intdigest(stored))
 
 
-def check_frame(buf, raw_len: int, codec: int, what: str) -> memoryview:
+def check_frame(buf, raw_len: int, codec: int, what: str,
+                footer_row: tuple | None = None) -> memoryview:
     """Validate a frame (header + stored bytes) read from a pack; return the
-    stored bytes."""
+    stored bytes.  With the pack footer's row for it, also check that the
+    header's chunk count and checksum match the footer."""
     mv = memoryview(buf).cast("B")
     if mv.nbytes < FRAME_HEADER.size:
         raise IntegrityError(f"{what}: frame truncated")
-    magic, got_codec, _, got_raw, stored_len, checksum = FRAME_HEADER.unpack_from(mv)
+    magic, got_codec, nchunks, got_raw, stored_len, checksum = FRAME_HEADER.unpack_from(mv)
     if magic != FRAME_MAGIC:
         raise IntegrityError(f"{what}: bad frame magic")
     if got_codec != codec or got_raw != raw_len or stored_len != mv.nbytes - FRAME_HEADER.size:
         raise IntegrityError(f"{what}: frame header does not match its index entry")
+    if footer_row is not None and (footer_row[4], footer_row[5]) != (nchunks, checksum):
+        raise IntegrityError(f"{what}: frame header does not match the pack footer")
     stored = mv[FRAME_HEADER.size:]
     if xxhash.xxh3_64_intdigest(stored) != checksum:
         raise IntegrityError(f"{what}: frame checksum mismatch (pack is corrupted)")

@@ -31,7 +31,7 @@ from .compression import Compressor
 from .index import LOCATION, encode_shard
 from .manifest import Manifest
 from .manifest import key as manifest_key
-from .pack import PackBuilder
+from .pack import MAX_FRAME_CHUNKS, PackBuilder
 from .refs import Ref
 from .refs import key as ref_key
 
@@ -255,7 +255,9 @@ class WriteSession:
                     starts[0] = 0
                     starts[1:] = ends[:-1]
                     lengths = ends - starts
-                    found, locs = self.repo.index.lookup(ids)
+                    index = self.repo.index
+                    found, locs = index.lookup(ids)
+                    version = index.version
                     locs["length"] = lengths
                     missing = np.flatnonzero(~found)
                     if len(missing):
@@ -264,6 +266,14 @@ class WriteSession:
                                                  starts[missing].tolist(),
                                                  lengths[missing].tolist()):
                             hit = self._pending.get(cid)
+                            if hit is None and index.version != version:
+                                # A pack was indexed (its chunks left _pending)
+                                # while this block waited: look again, or they
+                                # would be stored twice.
+                                f1, l1 = index.lookup(ids[i:i + 1])
+                                if f1[0]:
+                                    locs[i] = l1[0]
+                                    continue
                             if hit is None:
                                 hit = (frame, len(frame.data))
                                 frame.data += view[s:s + ln]
@@ -272,7 +282,8 @@ class WriteSession:
                                 self._pending[cid] = hit
                                 new_chunks += 1
                                 new_bytes += ln
-                                if len(frame.data) > self.frame_size - p.max_size:
+                                if (len(frame.data) > self.frame_size - p.max_size
+                                        or len(frame.lengths) == MAX_FRAME_CHUNKS):
                                     await submit(frame)
                                     frame = _Frame()
                             deferred.append((nchunks + i, hit[0], hit[1]))

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 
 from .envelope import seal, unseal
 from .errors import FormatError, InvalidName
+from .hashing import parse_hex_id
 
 MAGIC, VERSION = b"IGRF", 1
 PREFIX = "refs/"
@@ -62,8 +63,9 @@ class Ref:
             ref = cls(name, str(d["file_id"]), int(d["size"]), str(d["sha256"]), float(d["time"]))
         except (ValueError, KeyError, TypeError) as e:
             raise FormatError(f"{what}: malformed ({e})") from None
-        if len(ref.file_id) != 64:
-            raise FormatError(f"{what}: malformed file id")
+        if (parse_hex_id(ref.file_id) is None or parse_hex_id(ref.sha256) is None
+                or ref.size < 0):
+            raise FormatError(f"{what}: malformed file id, sha256 or size")
         return ref
 
     @classmethod

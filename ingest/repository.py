@@ -524,11 +524,13 @@ def _verify_pack(data: bytes, pack_id: bytes, what: str) -> tuple[set, int]:
     frames, chunks = parse_footer(footer, what)
     good = set()
     mv = memoryview(data)
+    end = 8
     for fi, fr in enumerate(frames.tolist()):
         foff, flen, raw_len, codec = fr[0], fr[1], fr[2], fr[3]
-        if foff + flen > off:
-            raise FormatError(f"{what}: frame {fi} lies outside the pack")
-        stored = check_frame(mv[foff:foff + flen], raw_len, codec, f"{what} frame {fi}")
+        if foff < end or foff + flen > off:
+            raise FormatError(f"{what}: frame {fi} overlaps another or lies outside the pack")
+        end = foff + flen
+        stored = check_frame(mv[foff:foff + flen], raw_len, codec, f"{what} frame {fi}", fr)
         raw = memoryview(decompress(codec, stored, raw_len))
         sel = chunks[chunks["frame"] == fi]
         for cid, c_off, c_len in zip(sel["id"].tolist(), sel["offset"].tolist(), sel["length"].tolist()):

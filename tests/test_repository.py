@@ -354,3 +354,47 @@ def test_chunk_ids_ending_in_nul_bytes(store_url):
             assert await repo.read("nul") == blob
             assert (await repo.verify()).ok
     run(go())
+
+
+def test_ref_and_refs_below_it_coexist(store_url):
+    # A hub names a repo and the files inside it: "org/model" and "org/model/config.json".
+    async def go():
+        async with await Repository.open(store_url) as repo:
+            await repo.put_bytes(b"repo card", ref="org/model")
+            await repo.put_bytes(b"{}", ref="org/model/config.json")
+            assert await repo.read("org/model") == b"repo card"
+            assert await repo.read("org/model/config.json") == b"{}"
+            assert [r.name for r in await repo.list_refs("org/")] == ["org/model", "org/model/config.json"]
+    run(go())
+
+
+def test_frames_never_exceed_the_u16_chunk_count(tmp_path):
+    # 64-byte chunks in 8 MiB frames would be 131k chunks per frame; the
+    # frame header counts them in 16 bits, so frames are cut at 65535.
+    cfg = StoreConfig(chunking=ChunkParams(64, 64, 128, 1, 1), frame_size=8 << 20)
+    data = rand(9 * MiB, 40)
+
+    async def go():
+        async with await Repository.open(tmp_path / "s", config=cfg) as repo:
+            r = await repo.put_bytes(data, ref="tiny-chunks")
+            assert r.chunks > 65535
+            assert await repo.read("tiny-chunks", 5 * MiB, 5 * MiB + 1000) == data[5 * MiB:5 * MiB + 1000]
+            assert (await repo.verify()).ok
+    run(go())
+
+
+def test_unknown_chunker_in_config_is_refused(tmp_path):
+    import json
+    from ingest.config import KEY, MAGIC
+    from ingest.envelope import seal
+    from ingest.errors import FormatError
+    from ingest.stores.local import LocalStore
+
+    async def go():
+        store = LocalStore(tmp_path / "s")
+        cfg = {"chunker": "gear-nc-v999", "chunking": ChunkParams().to_dict(),
+               "frame_size": 1 << 20, "pack_size": 64 << 20, "zstd_level": 3}
+        await store.put(KEY, seal(MAGIC, 1, json.dumps(cfg).encode()))
+        with pytest.raises(FormatError, match="chunker"):
+            await Repository.open(tmp_path / "s")
+    run(go())

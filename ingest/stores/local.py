@@ -1,9 +1,14 @@
 """A store in a local directory: the embedded default.
 
-Every write goes to a temporary file in `<root>/.tmp`, is fsynced, then
+Every write goes to a temporary file in `<root>/%tmp`, is fsynced, then
 renamed (or hard-linked, for if-absent) into place and the directory fsynced,
 so a crash leaves either the old state or the whole new object, never a torn
 one.  Blocking file I/O runs on the default thread pool.
+
+Key components map to path components with '%' escaped as '%25', and an
+object's file name ends in a lone '%'.  Directory names never do, so keys
+`a` and `a/b` can both exist, as on S3 (a ref for a model and one for a file
+inside it), and the temporary directory `%tmp` can never be a key.
 """
 from __future__ import annotations
 
@@ -16,7 +21,15 @@ from pathlib import Path
 from ..errors import StoreError
 from .base import ObjectInfo, ObjectNotFound, Store, check_key
 
-TMP = ".tmp"
+TMP = "%tmp"
+
+
+def _enc(part: str) -> str:
+    return part.replace("%", "%25")
+
+
+def _dec(name: str) -> str:
+    return name.replace("%25", "%")
 
 
 class LocalStore(Store):
@@ -38,7 +51,8 @@ class LocalStore(Store):
             raise StoreError(f"cannot write to store directory {self.root}: {e.strerror}") from None
 
     def _path(self, key: str) -> Path:
-        return self.root.joinpath(*check_key(key).split("/"))
+        parts = check_key(key).split("/")
+        return self.root.joinpath(*map(_enc, parts[:-1]), _enc(parts[-1]) + "%")
 
     # -- blocking implementations, run in threads ---------------------------
     def _put(self, key: str, data, if_absent: bool) -> bool:
@@ -98,15 +112,17 @@ class LocalStore(Store):
     def _list(self, prefix: str) -> list[ObjectInfo]:
         # Walk only the directory that holds the prefix.
         base = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
-        top = self.root.joinpath(*base.split("/")) if base else self.root
+        top = self.root.joinpath(*map(_enc, base.split("/"))) if base else self.root
         out = []
         for dirpath, dirnames, filenames in os.walk(top):
             rel = os.path.relpath(dirpath, self.root)
-            rel = "" if rel == "." else rel.replace(os.sep, "/") + "/"
+            rel = "" if rel == "." else "/".join(map(_dec, rel.split(os.sep))) + "/"
             if rel == "":
                 dirnames[:] = [d for d in dirnames if d != TMP]
             for name in filenames:
-                key = rel + name
+                if not name.endswith("%"):
+                    continue
+                key = rel + _dec(name[:-1])
                 if key.startswith(prefix):
                     try:
                         out.append(ObjectInfo(key, os.stat(os.path.join(dirpath, name)).st_size))
