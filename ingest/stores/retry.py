@@ -17,10 +17,11 @@ a caller using if_absent as a lock must not read False as "someone else won".
 from __future__ import annotations
 
 import asyncio
+import inspect
 import random
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from ..errors import StoreError
 from .base import ObjectInfo, ObjectNotFound, Store
@@ -70,11 +71,6 @@ class OpMetrics:
     bytes_out: int = 0      # bytes sent to the store by puts that stored them
 
 
-@dataclass
-class _Metrics:
-    ops: dict[str, OpMetrics] = field(default_factory=lambda: {op: OpMetrics() for op in OPERATIONS})
-
-
 class RetryStore(Store):
     """Wrap `inner` with retries, a concurrency limit and counters."""
 
@@ -88,7 +84,8 @@ class RetryStore(Store):
         self.max_concurrency = max_concurrency
         self._slots = asyncio.Semaphore(max_concurrency)
         self._rng = rng or random.Random()
-        self._metrics = _Metrics()
+        self._ops = {op: OpMetrics() for op in OPERATIONS}
+        self._lists_after = "start_after" in inspect.signature(inner.list).parameters
 
     def __repr__(self) -> str:
         return f"RetryStore({self.inner!r})"
@@ -96,16 +93,16 @@ class RetryStore(Store):
     def metrics(self) -> dict[str, dict[str, int]]:
         """Counters by operation: {"put": {"requests", "retries", "errors",
         "bytes_in", "bytes_out"}, "get": ..., ...}, plus "total" summing them."""
-        out = {op: dict(vars(m)) for op, m in self._metrics.ops.items()}
+        out = {op: dict(vars(m)) for op, m in self._ops.items()}
         out["total"] = {k: sum(m[k] for m in out.values()) for k in vars(OpMetrics())}
         return out
 
-    def _give_up(self, op: str, attempts: int, t0: float, e: TransientStoreError) -> RetriesExhausted:
+    def _give_up(self, attempts: int, t0: float, e: TransientStoreError) -> RetriesExhausted:
         return RetriesExhausted(
             f"{e} (gave up after {attempts} attempts in {time.monotonic() - t0:.1f} s)", e)
 
     async def _call(self, op: str, fn, *args, **kwargs):
-        m = self._metrics.ops[op]
+        m = self._ops[op]
         m.requests += 1
         t0 = time.monotonic()
         attempt = 0
@@ -117,7 +114,7 @@ class RetryStore(Store):
                 attempt += 1
                 if attempt >= self.policy.attempts:
                     m.errors += 1
-                    raise self._give_up(op, attempt, t0, e) from e
+                    raise self._give_up(attempt, t0, e) from e
                 m.retries += 1
                 await asyncio.sleep(self.policy.backoff(attempt - 1, self._rng))
             except ObjectNotFound:
@@ -129,12 +126,12 @@ class RetryStore(Store):
     async def put(self, key: str, data, *, if_absent: bool = False) -> bool:
         stored = await self._call("put", self.inner.put, key, data, if_absent=if_absent)
         if stored:
-            self._metrics.ops["put"].bytes_out += memoryview(data).nbytes
+            self._ops["put"].bytes_out += memoryview(data).nbytes
         return stored
 
     async def get(self, key: str, start: int = 0, end: int | None = None) -> bytes:
         data = await self._call("get", self.inner.get, key, start, end)
-        self._metrics.ops["get"].bytes_in += len(data)
+        self._ops["get"].bytes_in += len(data)
         return data
 
     async def head(self, key: str) -> ObjectInfo | None:
@@ -143,18 +140,32 @@ class RetryStore(Store):
     async def delete(self, key: str) -> None:
         await self._call("delete", self.inner.delete, key)
 
-    async def list(self, prefix: str = "") -> AsyncIterator[ObjectInfo]:
-        """List, and after a transient failure list again from the start,
-        skipping the keys already yielded (keys come in order).  The retry
-        budget restarts whenever the listing makes progress, so a long listing
-        is not failed by a few scattered errors."""
-        m = self._metrics.ops["list"]
+    async def list(self, prefix: str = "", *, start_after: str | None = None
+                   ) -> AsyncIterator[ObjectInfo]:
+        """List; after a transient failure, list again from the last key
+        yielded.  A store whose list() takes `start_after` (S3: StartAfter)
+        resumes there on the server, in the server's own order; any other is
+        listed again from the start, skipping keys up to the last one yielded
+        (such stores list in plain string order).  The retry budget restarts
+        whenever the listing makes progress, so a long listing is not failed
+        by a few scattered errors."""
+        m = self._ops["list"]
         m.requests += 1
         t0 = time.monotonic()
         attempt = 0
-        last: str | None = None
+        last = start_after
+        resumable = self._lists_after
+        if start_after is not None and not resumable:
+            raise TypeError(f"{self.inner!r}.list() does not take start_after")
         while True:
-            it = aiter(self.inner.list(prefix))
+            skip = False
+            if last is None:
+                it = aiter(self.inner.list(prefix))
+            elif resumable:
+                it = aiter(self.inner.list(prefix, start_after=last))
+            else:
+                it = aiter(self.inner.list(prefix))
+                skip = True
             try:
                 while True:
                     async with self._slots:
@@ -162,8 +173,10 @@ class RetryStore(Store):
                             info = await anext(it)
                         except StopAsyncIteration:
                             return
-                    if last is not None and info.key <= last:
-                        continue
+                    if skip:
+                        if info.key <= last:
+                            continue
+                        skip = False
                     last = info.key
                     attempt = 0
                     yield info
@@ -171,7 +184,7 @@ class RetryStore(Store):
                 attempt += 1
                 if attempt >= self.policy.attempts:
                     m.errors += 1
-                    raise self._give_up("list", attempt, t0, e) from e
+                    raise self._give_up(attempt, t0, e) from e
                 m.retries += 1
             except Exception:
                 m.errors += 1
