@@ -11,11 +11,17 @@ __all__ = ["ObjectInfo", "ObjectNotFound", "Store", "check_key", "open_store"]
 
 
 def open_store(url: str | os.PathLike, **options) -> Store:
-    """Open a store: `file:///path`, a plain path, or `s3://bucket/prefix`."""
+    """Open a store: `file:///path`, a plain path, or `s3://bucket/prefix`.
+
+    An S3 store comes wrapped in retry.RetryStore (retries with backoff, a
+    concurrency limit, `metrics()`); `retry=RetryPolicy(...)` tunes it."""
     url = os.fspath(url)
     if url.startswith("s3://"):
+        from .retry import RetryStore
         from .s3 import S3Store
-        return S3Store.from_url(url, **options)
+        policy = options.pop("retry", None)
+        store = S3Store.from_url(url, **options)
+        return RetryStore(store, policy=policy, max_concurrency=store.max_concurrency)
     if url.startswith("file://"):
         parsed = urlparse(url)
         if parsed.netloc not in ("", "localhost"):
