@@ -33,9 +33,12 @@ from .manifest import Manifest
 from .manifest import key as manifest_key
 from .pack import MAX_FRAME_CHUNKS, PackBuilder
 from .refs import Ref
+from .safetensors import DtypeMap
+from .safetensors import parse_header as parse_safetensors_header
 from .refs import key as ref_key
 
 BLOCK_SIZE = 8 << 20
+READ_AHEAD = 2            # blocks read ahead of the one being scanned
 PACK_PREFIX = "packs/"
 
 ReadInto = Callable[[memoryview], Awaitable[int]]
@@ -76,14 +79,18 @@ class _Pack:
 
 class _Frame:
     """New chunks of one file, compressed together."""
-    __slots__ = ("data", "ids", "lengths", "pack", "offset", "length", "raw_len", "codec", "placed")
+    __slots__ = ("data", "ids", "lengths", "pack", "offset", "length", "raw_len", "codec",
+                 "placed", "element_size")
 
     def __init__(self) -> None:
+        self.element_size: int | None = None       # from the file format, if it says
         self.data = bytearray()
         self.ids: list[np.ndarray] = []
         self.lengths: list[int] = []
         self.pack: _Pack | None = None
-        self.placed: asyncio.Future | None = None   # done once the frame is in a pack
+        # Done once the frame is in a pack.  Exists from the start: another
+        # file may dedup against this frame before it is even submitted.
+        self.placed: asyncio.Future = asyncio.get_running_loop().create_future()
 
 
 @dataclass
@@ -115,17 +122,15 @@ class WriteSession:
         self._uploads: set[asyncio.Task] = set()
         self._pending: dict[bytes, tuple[_Frame, int, int]] = {}   # new this session
         self._failed: BaseException | None = None
+        self._buffers: list[bytearray] = []     # block buffers between files
 
     # -- CPU work, in the pool ------------------------------------------------
-    def _scan_block(self, view: memoryview, eof: bool, scanned: int, sha):
+    def _scan_block(self, view: memoryview, eof: bool, scanned: int):
         ends, scanned = chunking.find_ends(view, eof, scanned, self.params)
-        ids = hashing.chunk_ids(view, ends)
-        if sha is not None:
-            sha.update(view[: int(ends[-1])] if len(ends) else b"")
-        return ends, scanned, ids
+        return ends, scanned, hashing.chunk_ids(view, ends)
 
     def _compress(self, frame: _Frame):
-        return Compressor.for_thread(self.level).compress(frame.data)
+        return Compressor.for_thread(self.level).compress(frame.data, frame.element_size)
 
     async def _run(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self.repo.executor, fn, *args)
@@ -199,14 +204,19 @@ class WriteSession:
 
     # -- files -----------------------------------------------------------------
     async def _place(self, frame: _Frame) -> None:
-        codec, stored = await self._run(self._compress, frame)
-        await self._add_frame(frame, codec, stored)
+        try:
+            codec, stored = await self._run(self._compress, frame)
+            await self._add_frame(frame, codec, stored)
+        except BaseException as e:
+            frame.placed.set_exception(e)
+            frame.placed.exception()          # waiters re-raise it
+            raise
+        frame.placed.set_result(None)
 
     def _submit(self, frame: _Frame) -> asyncio.Future:
         # Placed by its own task as soon as it is compressed, so a file that
         # dedups against this frame never waits on this file's reader.
-        frame.placed = asyncio.ensure_future(self._place(frame))
-        return frame.placed
+        return asyncio.ensure_future(self._place(frame))
 
     async def ingest(self, readinto: ReadInto, ref: str | None = None, *,
                      flush: bool = True, progress: Callable[[int], None] | None = None
@@ -217,13 +227,37 @@ class WriteSession:
         return await self.commit(await self.write(readinto, progress), ref, flush=flush)
 
     async def write(self, readinto: ReadInto,
-                    progress: Callable[[int], None] | None = None) -> _Written:
-        """The data phase: read, chunk, hash, dedup and frame every byte."""
+                    progress: Callable[[int], None] | None = None,
+                    size_hint: int | None = None) -> _Written:
+        """The data phase: read, chunk, hash, dedup and frame every byte.
+
+        A reader task fills a small pool of reused buffers ahead of the
+        scanner; SHA-256 of each block runs in the pool beside chunking and
+        BLAKE3 of the same block, so one file keeps two cores busy.
+        `size_hint` (a file's size) lets a small file use one buffer of its
+        own size instead of full blocks."""
         p = self.params
-        buf = bytearray(self.block_size + p.max_size)
-        mv = memoryview(buf)
-        filled, scanned, eof = 0, 0, False
+        reserve = p.max_size                  # room for the unfinished chunk carried over
+        free: asyncio.Queue = asyncio.Queue()
+        if size_hint is not None and size_hint < self.block_size:
+            # One read fills it, the next sees EOF: no block-sized buffers
+            # (zero-filling 25 MB per small file was most of a tree's time).
+            block = size_hint + 1
+            pooled = []
+            free.put_nowait(bytearray(reserve + block))
+        else:
+            block = self.block_size
+            pooled = [self._buffer() for _ in range(READ_AHEAD + 1)]
+            for b in pooled:
+                free.put_nowait(b)
+        ready: asyncio.Queue = asyncio.Queue()
+        reader = asyncio.ensure_future(self._read_blocks(readinto, free, ready, reserve, block))
+        carry = b""
+        scanned, eof = 0, False
+        base = 0                                   # file offset of the scan view's first byte
+        dtypes: DtypeMap | None = None
         sha = hashlib.sha256()
+        sha_done: asyncio.Future | None = None
         all_ids: list[np.ndarray] = []
         all_locs: list[np.ndarray] = []
         deferred: list[tuple[int, _Frame, int]] = []
@@ -240,14 +274,20 @@ class WriteSession:
 
         try:
             while not eof:
-                while filled < self.block_size:
-                    n = await readinto(mv[filled:self.block_size])
-                    if not n:
-                        eof = True
-                        break
-                    filled += n
-                view = mv[:filled]
-                ends, scanned, ids = await self._run(self._scan_block, view, eof, scanned, sha)
+                item = await ready.get()
+                if isinstance(item, BaseException):
+                    raise item
+                buf, n, eof = item
+                t = len(carry)
+                buf[reserve - t:reserve] = carry
+                mv = memoryview(buf)
+                view = mv[reserve - t:reserve + n]
+                # SHA-256 of the new bytes, chained after the previous block's.
+                sha_done = asyncio.ensure_future(
+                    self._sha_after(sha_done, sha, mv[reserve:reserve + n]))
+                if not base and n:
+                    dtypes = parse_safetensors_header(view)
+                ends, scanned, ids = await self._run(self._scan_block, view, eof, scanned)
                 tail = 0
                 if len(ends):
                     tail = int(ends[-1])
@@ -275,6 +315,8 @@ class WriteSession:
                                     locs[i] = l1[0]
                                     continue
                             if hit is None:
+                                if dtypes is not None and not frame.data:
+                                    frame.element_size = dtypes.element_size(base + s)
                                 hit = (frame, len(frame.data))
                                 frame.data += view[s:s + ln]
                                 frame.ids.append(ids[i:i + 1])
@@ -292,19 +334,22 @@ class WriteSession:
                     nchunks += len(ends)
                     if progress:
                         progress(tail)
-                rest = filled - tail
-                if rest:
-                    # Move the unfinished chunk to the front; bytes() because the
-                    # regions may overlap when a block ends in a long chunk.
-                    buf[:rest] = bytes(mv[tail:filled])
-                filled = rest
+                base += tail
+                carry = bytes(view[tail:])        # less than max_size bytes
                 del view
+                await sha_done                    # before the buffer is reused
+                del mv
+                free.put_nowait(buf)
             if frame.lengths:
                 await submit(frame)
                 frame = _Frame()
             while placing:
                 await placing.popleft()
         finally:
+            reader.cancel()
+            self._buffers.extend(pooled)
+            if sha_done is not None and not sha_done.done():
+                sha_done.add_done_callback(_consume)
             if frame.lengths:
                 # Failing half way: other files may already dedup against this
                 # frame's chunks, so it is still stored (as garbage at worst).
@@ -315,6 +360,38 @@ class WriteSession:
         locs = np.concatenate(all_locs) if all_locs else np.empty(0, LOCATION)
         size = int(locs["length"].sum(dtype=np.uint64))
         return _Written(size, sha.digest(), ids, locs, deferred, frames, new_chunks, new_bytes)
+
+    def _buffer(self) -> bytearray:
+        """A block buffer, reused across the session's files."""
+        if self._buffers:
+            return self._buffers.pop()
+        return bytearray(self.params.max_size + self.block_size)
+
+    async def _read_blocks(self, readinto: ReadInto, free: asyncio.Queue,
+                           ready: asyncio.Queue, reserve: int, block: int) -> None:
+        """Fill free buffers after `reserve` bytes; queue (buffer, n, eof)."""
+        try:
+            eof = False
+            while not eof:
+                buf = await free.get()
+                mv = memoryview(buf)
+                end = reserve + block
+                pos = reserve
+                while pos < end:
+                    n = await readinto(mv[pos:end])
+                    if not n:
+                        eof = True
+                        break
+                    pos += n
+                del mv
+                ready.put_nowait((buf, pos - reserve, eof))
+        except BaseException as e:          # handed to the scanner, which raises it
+            ready.put_nowait(e)
+
+    async def _sha_after(self, prev: asyncio.Future | None, sha, data: memoryview) -> None:
+        if prev is not None:
+            await prev
+        await self._run(sha.update, data)
 
     async def commit(self, w: _Written, ref: str | None = None, *,
                      flush: bool = True) -> IngestResult:

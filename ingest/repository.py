@@ -235,7 +235,8 @@ class Repository:
                     return await asyncio.to_thread(f.readinto, out)
                 except OSError as e:
                     raise IngestError(f"cannot read {path}: {e.strerror}") from None
-            return await s.write(readinto, progress)
+            size = await asyncio.to_thread(lambda: os.fstat(f.fileno()).st_size)
+            return await s.write(readinto, progress, size_hint=size)
         finally:
             f.close()
 

@@ -1,0 +1,117 @@
+"""Frame codecs: round trips for every kind of data, choices, damage."""
+import json
+import struct
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ingest import _bytegroup
+from ingest.compression import (CODECS, RAW, ZSTD, ZSTD_BG2, ZSTD_BG4, Compressor, decompress,
+                                group_bytes)
+from ingest.errors import IntegrityError
+from ingest.safetensors import parse_header
+
+rng = np.random.default_rng(0)
+FP32 = (rng.standard_normal(1 << 18) * 0.02).astype(np.float32).tobytes()
+BF16 = (np.frombuffer(FP32, np.uint32) >> 16).astype(np.uint16).tobytes()
+TEXT = b" ".join(np.array([b"alpha", b"beta", b"row", b"data", b"\n"])[rng.integers(0, 5, 300_000)].tolist())[:1 << 20]
+RANDOM = rng.integers(0, 256, 1 << 20, dtype=np.uint8).tobytes()
+
+
+@pytest.mark.parametrize("data,hint,codec,max_ratio", [
+    (FP32, None, ZSTD_BG4, 0.87),
+    (FP32, 4, ZSTD_BG4, 0.87),
+    (BF16, None, ZSTD_BG2, 0.72),
+    (BF16, 2, ZSTD_BG2, 0.72),
+    (TEXT, None, ZSTD, 0.2),
+    (RANDOM, None, RAW, 1.0),
+    (RANDOM, 4, RAW, 1.0),          # a wrong hint costs nothing: every plane stays raw
+])
+def test_codec_choice_and_round_trip(data, hint, codec, max_ratio):
+    got, stored = Compressor(3).compress(data, hint)
+    assert CODECS[got] == CODECS[codec]
+    assert len(stored) <= max_ratio * len(data)
+    assert bytes(decompress(got, stored, len(data))) == data
+
+
+@settings(max_examples=80, deadline=None)
+@given(data=st.binary(max_size=5000), k=st.sampled_from([1, 2, 3, 4, 8]))
+def test_native_grouping_matches_reference(data, k):
+    a = np.frombuffer(data, np.uint8)
+    m = len(a) // k
+    ref = a[:m * k].reshape(-1, k).T.tobytes() + a[m * k:].tobytes()
+    assert bytes(_bytegroup.group(data, k)) == ref
+    assert bytes(_bytegroup.ungroup(ref, k)) == data
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.binary(max_size=20000), hint=st.sampled_from([None, 2, 4]))
+def test_any_bytes_round_trip(data, hint):
+    codec, stored = Compressor(3).compress(data, hint)
+    assert bytes(decompress(codec, stored, len(data))) == data
+
+
+def test_damaged_grouped_frames_never_decode_to_the_original():
+    raw = FP32 + b"xyz"
+    codec, stored = Compressor(3).compress(raw, 4)
+    assert codec == ZSTD_BG4
+    stored = bytes(stored)
+    bad_table = bytearray(stored)
+    struct.pack_into("<I", bad_table, 0, 0x7FFF_FFFF)          # plane longer than the frame
+    for damaged in (bytes(bad_table), stored[:-1], stored[:10], stored + b"!"):
+        with pytest.raises(IntegrityError):
+            decompress(codec, damaged, len(raw))
+    # A flipped byte inside plane data either fails to decode or decodes to
+    # different bytes, which the chunk ids then reject.
+    flipped = bytearray(stored)
+    flipped[len(stored) // 2] ^= 0xFF
+    try:
+        out = decompress(codec, bytes(flipped), len(raw))
+    except IntegrityError:
+        pass
+    else:
+        assert bytes(out) != raw
+
+
+def test_bad_codecs_and_raw_lengths():
+    with pytest.raises(IntegrityError):
+        decompress(ZSTD, b"not zstd", 100)
+    with pytest.raises(IntegrityError):
+        decompress(7, b"", 0)
+    with pytest.raises(IntegrityError):
+        decompress(RAW, b"short", 10)
+
+
+def test_zstd_output_is_bounded_by_raw_len():
+    codec, stored = Compressor(3).compress(TEXT)
+    with pytest.raises(IntegrityError):
+        decompress(codec, stored, 1000)          # claims less than the frame holds
+
+
+def safetensors_bytes(tensors: dict) -> bytes:
+    header, body, off = {"__metadata__": {"format": "pt"}}, b"", 0
+    for name, (dtype, data) in tensors.items():
+        header[name] = {"dtype": dtype, "shape": [len(data)], "data_offsets": [off, off + len(data)]}
+        body += data
+        off += len(data)
+    h = json.dumps(header).encode()
+    return struct.pack("<Q", len(h)) + h + body
+
+
+def test_safetensors_header_gives_element_sizes():
+    blob = safetensors_bytes({"a": ("F32", b"\0" * 400), "b": ("BF16", b"\0" * 200), "c": ("I64", b"\0" * 80)})
+    m = parse_header(blob)
+    base = 8 + struct.unpack("<Q", blob[:8])[0]
+    assert m.element_size(base) == 4 and m.element_size(base + 399) == 4
+    assert m.element_size(base + 400) == 2
+    assert m.element_size(base + 600) is None                  # integers: let sampling decide
+    assert m.element_size(0) is None
+
+
+@pytest.mark.parametrize("blob", [b"", b"\x05" * 8, struct.pack("<Q", 10) + b"not json..",
+                                  struct.pack("<Q", 1 << 40) + b"{}", struct.pack("<Q", 2) + b"[]",
+                                  struct.pack("<Q", 20) + b'{"a": {"dtype": 5}}'])
+def test_safetensors_garbage_gives_no_hints(blob):
+    assert parse_header(blob) is None
