@@ -106,6 +106,41 @@ class _Written:
     new_bytes: int
 
 
+class _FileState:
+    """One file's progress through the data phase."""
+
+    def __init__(self) -> None:
+        self.frame = _Frame()                      # the frame being filled
+        self.frames: list[_Frame] = []             # frames this file created
+        self.placing: deque[asyncio.Future] = deque()
+        self.deferred: list[tuple[int, _Frame, int]] = []
+        self.ids: list[np.ndarray] = []
+        self.locs: list[np.ndarray] = []
+        self.nchunks = self.new_chunks = self.new_bytes = 0
+        self.base = 0                              # file offset of the next block
+        self.dtypes: DtypeMap | None = None
+
+    def written(self, sha256: bytes) -> _Written:
+        ids = np.concatenate(self.ids) if self.ids else np.empty((0, 32), np.uint8)
+        locs = np.concatenate(self.locs) if self.locs else np.empty(0, LOCATION)
+        size = int(locs["length"].sum(dtype=np.uint64))
+        return _Written(size, sha256, ids, locs, self.deferred, self.frames,
+                        self.new_chunks, self.new_bytes)
+
+
+def scan_small_file(path, limit: int, params) -> tuple[bytes, np.ndarray, np.ndarray, bytes] | None:
+    """Read, chunk and hash a whole file of at most `limit` bytes in one go
+    (in a pool thread); None if it turns out larger."""
+    with open(path, "rb") as f:
+        if os.fstat(f.fileno()).st_size > limit:
+            return None
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        return None
+    ends = chunking.chunk_ends(data, params)
+    return data, ends, hashing.chunk_ids(data, ends), hashlib.sha256(data).digest()
+
+
 class WriteSession:
     def __init__(self, repo, *, max_frames_in_flight: int | None = None,
                  max_packs_in_flight: int = 2) -> None:
@@ -252,26 +287,11 @@ class WriteSession:
                 free.put_nowait(b)
         ready: asyncio.Queue = asyncio.Queue()
         reader = asyncio.ensure_future(self._read_blocks(readinto, free, ready, reserve, block))
+        st = _FileState()
         carry = b""
         scanned, eof = 0, False
-        base = 0                                   # file offset of the scan view's first byte
-        dtypes: DtypeMap | None = None
         sha = hashlib.sha256()
         sha_done: asyncio.Future | None = None
-        all_ids: list[np.ndarray] = []
-        all_locs: list[np.ndarray] = []
-        deferred: list[tuple[int, _Frame, int]] = []
-        nchunks = new_chunks = new_bytes = 0
-        frame = _Frame()
-        frames: list[_Frame] = []
-        placing: deque[asyncio.Future] = deque()
-
-        async def submit(fr: _Frame) -> None:
-            frames.append(fr)
-            placing.append(self._submit(fr))
-            while placing and (placing[0].done() or len(placing) >= self.max_frames):
-                await placing.popleft()
-
         try:
             while not eof:
                 item = await ready.get()
@@ -285,81 +305,114 @@ class WriteSession:
                 # SHA-256 of the new bytes, chained after the previous block's.
                 sha_done = asyncio.ensure_future(
                     self._sha_after(sha_done, sha, mv[reserve:reserve + n]))
-                if not base and n:
-                    dtypes = parse_safetensors_header(view)
+                if not st.base and n:
+                    st.dtypes = parse_safetensors_header(view)
                 ends, scanned, ids = await self._run(self._scan_block, view, eof, scanned)
-                tail = 0
-                if len(ends):
-                    tail = int(ends[-1])
-                    starts = np.empty(len(ends), dtype=np.uint64)
-                    starts[0] = 0
-                    starts[1:] = ends[:-1]
-                    lengths = ends - starts
-                    index = self.repo.index
-                    found, locs = index.lookup(ids)
-                    version = index.version
-                    locs["length"] = lengths
-                    missing = np.flatnonzero(~found)
-                    if len(missing):
-                        id_bytes = ids[missing].view("V32").reshape(-1).tolist()
-                        for i, cid, s, ln in zip(missing.tolist(), id_bytes,
-                                                 starts[missing].tolist(),
-                                                 lengths[missing].tolist()):
-                            hit = self._pending.get(cid)
-                            if hit is None and index.version != version:
-                                # A pack was indexed (its chunks left _pending)
-                                # while this block waited: look again, or they
-                                # would be stored twice.
-                                f1, l1 = index.lookup(ids[i:i + 1])
-                                if f1[0]:
-                                    locs[i] = l1[0]
-                                    continue
-                            if hit is None:
-                                if dtypes is not None and not frame.data:
-                                    frame.element_size = dtypes.element_size(base + s)
-                                hit = (frame, len(frame.data))
-                                frame.data += view[s:s + ln]
-                                frame.ids.append(ids[i:i + 1])
-                                frame.lengths.append(ln)
-                                self._pending[cid] = hit
-                                new_chunks += 1
-                                new_bytes += ln
-                                if (len(frame.data) > self.frame_size - p.max_size
-                                        or len(frame.lengths) == MAX_FRAME_CHUNKS):
-                                    await submit(frame)
-                                    frame = _Frame()
-                            deferred.append((nchunks + i, hit[0], hit[1]))
-                    all_ids.append(ids)
-                    all_locs.append(locs)
-                    nchunks += len(ends)
-                    if progress:
-                        progress(tail)
-                base += tail
+                tail = await self._absorb(st, view, ends, ids)
+                if progress and tail:
+                    progress(tail)
                 carry = bytes(view[tail:])        # less than max_size bytes
                 del view
                 await sha_done                    # before the buffer is reused
                 del mv
                 free.put_nowait(buf)
-            if frame.lengths:
-                await submit(frame)
-                frame = _Frame()
-            while placing:
-                await placing.popleft()
+            await self._drain(st)
+        except BaseException:
+            if sha_done is not None and not sha_done.done():
+                sha_done.add_done_callback(_consume)
+            self._abandon(st)
+            raise
         finally:
             reader.cancel()
             self._buffers.extend(pooled)
-            if sha_done is not None and not sha_done.done():
-                sha_done.add_done_callback(_consume)
-            if frame.lengths:
-                # Failing half way: other files may already dedup against this
-                # frame's chunks, so it is still stored (as garbage at worst).
-                self._submit(frame).add_done_callback(_consume)
-            for fut in placing:
-                fut.add_done_callback(_consume)
-        ids = np.concatenate(all_ids) if all_ids else np.empty((0, 32), np.uint8)
-        locs = np.concatenate(all_locs) if all_locs else np.empty(0, LOCATION)
-        size = int(locs["length"].sum(dtype=np.uint64))
-        return _Written(size, sha.digest(), ids, locs, deferred, frames, new_chunks, new_bytes)
+        return st.written(sha.digest())
+
+    async def write_scanned(self, data, ends: np.ndarray, ids: np.ndarray,
+                            sha256: bytes) -> _Written:
+        """The data phase for a whole file already in memory and scanned
+        (`scan_small_file`): one pool hop per small file instead of six."""
+        st = _FileState()
+        view = memoryview(data)
+        st.dtypes = parse_safetensors_header(view)
+        try:
+            await self._absorb(st, view, ends, ids)
+            await self._drain(st)
+        except BaseException:
+            self._abandon(st)
+            raise
+        return st.written(sha256)
+
+    async def _absorb(self, st: "_FileState", view: memoryview, ends: np.ndarray,
+                      ids: np.ndarray) -> int:
+        """Dedup one scanned block and frame its new chunks; returns the
+        bytes of complete chunks it held."""
+        if not len(ends):
+            return 0
+        p = self.params
+        tail = int(ends[-1])
+        starts = np.empty(len(ends), dtype=np.uint64)
+        starts[0] = 0
+        starts[1:] = ends[:-1]
+        lengths = ends - starts
+        index = self.repo.index
+        found, locs = index.lookup(ids)
+        version = index.version
+        locs["length"] = lengths
+        missing = np.flatnonzero(~found)
+        if len(missing):
+            id_bytes = ids[missing].view("V32").reshape(-1).tolist()
+            for i, cid, s, ln in zip(missing.tolist(), id_bytes, starts[missing].tolist(),
+                                     lengths[missing].tolist()):
+                hit = self._pending.get(cid)
+                if hit is None and index.version != version:
+                    # A pack was indexed (its chunks left _pending) while this
+                    # block waited: look again, or they would be stored twice.
+                    f1, l1 = index.lookup(ids[i:i + 1])
+                    if f1[0]:
+                        locs[i] = l1[0]
+                        continue
+                if hit is None:
+                    frame = st.frame
+                    if st.dtypes is not None and not frame.data:
+                        frame.element_size = st.dtypes.element_size(st.base + s)
+                    hit = (frame, len(frame.data))
+                    frame.data += view[s:s + ln]
+                    frame.ids.append(ids[i:i + 1])
+                    frame.lengths.append(ln)
+                    self._pending[cid] = hit
+                    st.new_chunks += 1
+                    st.new_bytes += ln
+                    if (len(frame.data) > self.frame_size - p.max_size
+                            or len(frame.lengths) == MAX_FRAME_CHUNKS):
+                        await self._submit_for(st)
+                st.deferred.append((st.nchunks + i, hit[0], hit[1]))
+        st.ids.append(ids)
+        st.locs.append(locs)
+        st.nchunks += len(ends)
+        st.base += tail
+        return tail
+
+    async def _submit_for(self, st: "_FileState") -> None:
+        st.frames.append(st.frame)
+        st.placing.append(self._submit(st.frame))
+        st.frame = _Frame()
+        while st.placing and (st.placing[0].done() or len(st.placing) >= self.max_frames):
+            await st.placing.popleft()
+
+    async def _drain(self, st: "_FileState") -> None:
+        if st.frame.lengths:
+            await self._submit_for(st)
+        while st.placing:
+            await st.placing.popleft()
+
+    def _abandon(self, st: "_FileState") -> None:
+        """Failing half way: other files may already dedup against the open
+        frame's chunks, so it is still stored (as garbage at worst)."""
+        if st.frame.lengths:
+            self._submit(st.frame).add_done_callback(_consume)
+            st.frame = _Frame()
+        for fut in st.placing:
+            fut.add_done_callback(_consume)
 
     def _buffer(self) -> bytearray:
         """A block buffer, reused across the session's files."""

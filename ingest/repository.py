@@ -31,7 +31,7 @@ from .manifest import PREFIX as FILES_PREFIX
 from .manifest import Manifest
 from .manifest import key as manifest_key
 from .pack import TRAILER, check_frame, check_header, footer_location, parse_footer
-from .pipeline import PACK_PREFIX, IngestResult, WriteSession, pack_key
+from .pipeline import PACK_PREFIX, IngestResult, WriteSession, pack_key, scan_small_file
 from .refs import PREFIX as REFS_PREFIX
 from .refs import Ref, check_name
 from .refs import key as ref_key
@@ -41,6 +41,7 @@ log = logging.getLogger("ingest")
 
 READ_AHEAD = 8           # frames fetched ahead of the one being returned
 FILES_IN_FLIGHT = 8      # files of a tree ingested at once
+SMALL_FILE = 2 << 20     # read, chunk and hash in one pool hop up to this size
 
 
 @dataclass
@@ -221,6 +222,19 @@ class Repository:
         return [r for r in results if r is not None]
 
     async def _write_path(self, s: WriteSession, path: Path, progress):
+        try:
+            small = await self._run(scan_small_file, path, SMALL_FILE, s.params)
+        except FileNotFoundError:
+            raise NotFound(f"no such file: {path}") from None
+        except IsADirectoryError:
+            raise IngestError(f"is a directory: {path}") from None
+        except OSError as e:
+            raise IngestError(f"cannot read {path}: {e.strerror}") from None
+        if small is not None:
+            w = await s.write_scanned(*small)
+            if progress:
+                progress(w.size)
+            return w
         try:
             f = await asyncio.to_thread(open, path, "rb", buffering=0)
         except FileNotFoundError:
