@@ -24,6 +24,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import sysconfig
 import time
 import urllib.request
@@ -52,6 +53,19 @@ copy_1 = 1
 copy_2 = 2
 copy_3 = 3
 copy_other = 1
+"""
+
+
+# Each weed process runs under this supervisor, whose stdin is a pipe from
+# the test process: when the test process dies, however it dies (SIGKILL, a
+# CI timeout, a closed terminal), the pipe reads EOF and weed is killed rather
+# than left running.  It forwards SIGTERM and exits with weed's status.
+SUPERVISOR = r"""
+import signal, subprocess, sys, threading
+weed = subprocess.Popen(sys.argv[1:], stdin=subprocess.DEVNULL)
+signal.signal(signal.SIGTERM, lambda *_: weed.terminate())
+threading.Thread(target=lambda: (sys.stdin.buffer.read(), weed.kill()), daemon=True).start()
+sys.exit(weed.wait())
 """
 
 
@@ -209,15 +223,16 @@ class SeaweedFS:
 
     def _spawn(self, cmd: list[str]) -> None:
         self.procs.append(subprocess.Popen(
-            cmd, cwd=self.root, stdin=subprocess.DEVNULL, stdout=self._log,
-            stderr=subprocess.STDOUT, start_new_session=True))
+            [sys.executable, "-c", SUPERVISOR, *cmd], cwd=self.root,
+            stdin=subprocess.PIPE, stdout=self._log, stderr=subprocess.STDOUT,
+            start_new_session=True))
 
     def _wait(self, what: str, ready, deadline: float) -> None:
         last = "no answer yet"
         while True:
             for p in self.procs:
                 if p.poll() is not None:
-                    raise RuntimeError(f"{p.args[2]} exited with status {p.returncode} while "
+                    raise RuntimeError(f"weed {p.args[5]} exited with status {p.returncode} while "
                                        f"waiting for {what}; log: {self.root / 'weed.log'}\n"
                                        f"{self.log_tail()}")
             try:
@@ -249,19 +264,30 @@ class SeaweedFS:
         seconds it is killed anyway.  Written objects survive either way."""
         procs, self.procs = self.procs, []
         for p in reversed(procs):
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM if graceful else signal.SIGKILL)
+            if graceful and p.poll() is None:
+                p.terminate()                   # the supervisor passes it on
+            else:
+                self._kill_group(p)
         for p in procs:
             try:
                 p.wait(timeout)
             except subprocess.TimeoutExpired:
-                p.kill()
+                self._kill_group(p)
                 p.wait()
+            p.stdin.close()
         if procs:
             self._remove_sockets()
         if self._log is not None:
             self._log.close()
             self._log = None
+
+    @staticmethod
+    def _kill_group(p: subprocess.Popen) -> None:
+        """SIGKILL the supervisor and weed (one process group)."""
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
     def _remove_sockets(self) -> None:
         # weed puts the master, filer and volume gRPC sockets in /tmp, named by
