@@ -117,6 +117,25 @@ def test_head(store_url):
     run(go())
 
 
+def test_key_and_keys_under_it_coexist(store_url):
+    """`refs/org/model` and `refs/org/model/config.json` are both objects
+    (S3 allows it; a file system needs care), created in either order."""
+    async def go():
+        async with open_store(store_url) as store:
+            await store.put("m", b"parent")
+            await store.put("m/c", b"child")
+            await store.put("n/c", b"child first")
+            await store.put("n", b"parent second")
+            assert [(o.key, o.size) for o in await listing(store)] == [
+                ("m", 6), ("m/c", 5), ("n", 13), ("n/c", 11)]
+            assert await store.get("m") == b"parent" and await store.get("n/c") == b"child first"
+            await store.delete("m")
+            await store.delete("n/c")
+            assert await store.head("m") is None and await store.get("m/c") == b"child"
+            assert await store.head("n/c") is None and await store.get("n") == b"parent second"
+    run(go())
+
+
 def test_list_prefixes_and_order(store_url):
     keys = ["b", "a/2", "a/10", "a/1", "ab", "c/d/e", "refs/main", "config", "z" * 200]
 

@@ -40,7 +40,7 @@ PROBE_DIR = ".ingest-probe"      # under the prefix; holds the If-None-Match pro
 
 # Error codes from the S3 API that say "try again" (besides any 5xx status).
 _TRANSIENT_CODES = {
-    "SlowDown", "RequestTimeout", "RequestTimeTooSkewed", "InternalError",
+    "SlowDown", "RequestTimeout", "InternalError",
     "ServiceUnavailable", "Throttling", "ThrottlingException", "RequestLimitExceeded",
     # AWS: a concurrent conditional write or a delete raced this one; retrying
     # gives the true answer (412 if the other write stored the object).
