@@ -113,6 +113,8 @@ def test_head(store_url):
             assert await store.head("h/x") == ObjectInfo("h/x", 1234)
             assert await store.head("h/empty") == ObjectInfo("h/empty", 0)
             assert await store.head("h") is None           # a "directory" is not an object
+            with pytest.raises(ObjectNotFound):
+                await store.get("h")
             assert await store.head("h/y") is None
     run(go())
 
@@ -354,6 +356,16 @@ def test_retry_store_counts_errors_not_misses(tmp_path):
 
 
 # -- S3 only --------------------------------------------------------------------
+
+def test_s3_url_parsing():
+    from ingest.stores.s3 import parse_s3_url
+    assert parse_s3_url("s3://bucket") == ("bucket", "")
+    assert parse_s3_url("s3://bucket/") == ("bucket", "")
+    assert parse_s3_url("s3://bucket/a/b/") == ("bucket", "a/b/")
+    for bad in ["s3:///prefix", "s3://bucket/../x", "s3://bucket/a//b", "s3://bucket/p?x=1"]:
+        with pytest.raises(StoreError):
+            parse_s3_url(bad)
+
 
 
 def _free_port() -> int:
