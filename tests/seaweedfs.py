@@ -265,16 +265,17 @@ class SeaweedFS:
         procs, self.procs = self.procs, []
         for p in reversed(procs):
             if graceful and p.poll() is None:
-                p.terminate()                   # the supervisor passes it on
+                p.terminate()                   # the supervisor passes SIGTERM on
             else:
-                self._kill_group(p)
+                p.stdin.close()                 # the supervisor SIGKILLs and reaps weed
         for p in procs:
             try:
                 p.wait(timeout)
             except subprocess.TimeoutExpired:
                 self._kill_group(p)
                 p.wait()
-            p.stdin.close()
+            if not p.stdin.closed:
+                p.stdin.close()
         if procs:
             self._remove_sockets()
         if self._log is not None:
