@@ -86,6 +86,8 @@ class RetryStore(Store):
         self._rng = rng or random.Random()
         self._ops = {op: OpMetrics() for op in OPERATIONS}
         self._lists_after = "start_after" in inspect.signature(inner.list).parameters
+        # put() may take a list of parts when the inner store does (see base.Store).
+        self.accepts_parts = getattr(inner, "accepts_parts", False)
 
     def __repr__(self) -> str:
         return f"RetryStore({self.inner!r})"
@@ -126,7 +128,8 @@ class RetryStore(Store):
     async def put(self, key: str, data, *, if_absent: bool = False) -> bool:
         stored = await self._call("put", self.inner.put, key, data, if_absent=if_absent)
         if stored:
-            self._ops["put"].bytes_out += memoryview(data).nbytes
+            parts = data if isinstance(data, (list, tuple)) else (data,)
+            self._ops["put"].bytes_out += sum(memoryview(p).nbytes for p in parts)
         return stored
 
     async def get(self, key: str, start: int = 0, end: int | None = None) -> bytes:
