@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 from .errors import IngestError
+from .memory import tune_malloc
 from .progress import Progress, human
 from .repository import Repository, plan_tree
 from .sync import new_event_loop
@@ -208,11 +209,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scale", type=float, default=0.25, help="artifact size factor (default 0.25)")
     p.add_argument("--workdir", help="where to write the artifacts (default: a temporary directory)")
     p.set_defaults(fn=cmd_demo)
+
+    from . import daemon
+    p = sub.add_parser("serve", parents=[store], help=(
+        "run the HTTP daemon: upload, download, list and reconstruct files (docs/DAEMON.md)"))
+    daemon.add_arguments(p)
+    p.set_defaults(fn=daemon.serve)
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    tune_malloc()
     loop = new_event_loop()
     try:
         return loop.run_until_complete(args.fn(args))

@@ -40,9 +40,14 @@ FRAME_ROW = np.dtype([("offset", "<u8"), ("length", "<u4"), ("raw_len", "<u4"),
 CHUNK_ROW = np.dtype([("id", "V32"), ("frame", "<u4"), ("offset", "<u4"), ("length", "<u4")])
 
 
-def frame_header(codec: int, nchunks: int, raw_len: int, stored) -> bytes:
-    return FRAME_HEADER.pack(FRAME_MAGIC, codec, nchunks, raw_len, len(stored),
-                             xxhash.xxh3_64_intdigest(stored))
+def frame_header(codec: int, nchunks: int, raw_len: int, stored: list) -> bytes:
+    """Header of a frame whose stored bytes are the concatenation of `stored`."""
+    h = xxhash.xxh3_64()
+    n = 0
+    for part in stored:
+        h.update(part)
+        n += memoryview(part).nbytes
+    return FRAME_HEADER.pack(FRAME_MAGIC, codec, nchunks, raw_len, n, h.intdigest())
 
 
 def check_frame(buf, raw_len: int, codec: int, what: str,
@@ -75,17 +80,19 @@ class PackBuilder:
         self.frames: list[tuple] = []
         self.chunks: list[np.ndarray] = []
 
-    def add_frame(self, codec: int, stored, raw_len: int, chunk_ids: np.ndarray,
+    def add_frame(self, codec: int, stored: list, raw_len: int, chunk_ids: np.ndarray,
                   chunk_lengths: np.ndarray) -> tuple[int, int]:
-        """Append one frame; returns (frame index, offset of its header)."""
+        """Append one frame (stored bytes as a list of buffers); returns
+        (frame index, offset of its header)."""
         n = len(chunk_lengths)
         head = frame_header(codec, n, raw_len, stored)
+        length = FRAME_HEADER.size + FRAME_HEADER.unpack(head)[4]
         offset = self.size
         index = len(self.frames)
-        self.parts += (head, stored)
-        self.size += len(head) + len(stored)
-        self.frames.append((offset, len(head) + len(stored), raw_len, codec, n,
-                            FRAME_HEADER.unpack(head)[5]))
+        self.parts.append(head)
+        self.parts.extend(stored)
+        self.size += length
+        self.frames.append((offset, length, raw_len, codec, n, FRAME_HEADER.unpack(head)[5]))
         rows = np.empty(n, dtype=CHUNK_ROW)
         rows["id"] = np.ascontiguousarray(chunk_ids).view("V32").reshape(-1)
         rows["frame"] = index

@@ -30,7 +30,8 @@ RANDOM = rng.integers(0, 256, 1 << 20, dtype=np.uint8).tobytes()
     (RANDOM, 4, RAW, 1.0),          # a wrong hint costs nothing: every plane stays raw
 ])
 def test_codec_choice_and_round_trip(data, hint, codec, max_ratio):
-    got, stored = Compressor(3).compress(data, hint)
+    got, parts = Compressor(3).compress(data, hint)
+    stored = b"".join(parts)
     assert CODECS[got] == CODECS[codec]
     assert len(stored) <= max_ratio * len(data)
     assert bytes(decompress(got, stored, len(data))) == data
@@ -49,15 +50,15 @@ def test_native_grouping_matches_reference(data, k):
 @settings(max_examples=60, deadline=None)
 @given(data=st.binary(max_size=20000), hint=st.sampled_from([None, 2, 4]))
 def test_any_bytes_round_trip(data, hint):
-    codec, stored = Compressor(3).compress(data, hint)
-    assert bytes(decompress(codec, stored, len(data))) == data
+    codec, parts = Compressor(3).compress(data, hint)
+    assert bytes(decompress(codec, b"".join(parts), len(data))) == data
 
 
 def test_damaged_grouped_frames_never_decode_to_the_original():
     raw = FP32 + b"xyz"
-    codec, stored = Compressor(3).compress(raw, 4)
+    codec, parts = Compressor(3).compress(raw, 4)
     assert codec == ZSTD_BG4
-    stored = bytes(stored)
+    stored = b"".join(parts)
     bad_table = bytearray(stored)
     struct.pack_into("<I", bad_table, 0, 0x7FFF_FFFF)          # plane longer than the frame
     for damaged in (bytes(bad_table), stored[:-1], stored[:10], stored + b"!"):
@@ -85,9 +86,9 @@ def test_bad_codecs_and_raw_lengths():
 
 
 def test_zstd_output_is_bounded_by_raw_len():
-    codec, stored = Compressor(3).compress(TEXT)
+    codec, parts = Compressor(3).compress(TEXT)
     with pytest.raises(IntegrityError):
-        decompress(codec, stored, 1000)          # claims less than the frame holds
+        decompress(codec, b"".join(parts), 1000)          # claims less than the frame holds
 
 
 def safetensors_bytes(tensors: dict) -> bytes:

