@@ -39,7 +39,8 @@ from .stores import ObjectNotFound, Store, open_store
 
 log = logging.getLogger("ingest")
 
-READ_AHEAD = 8           # frames fetched ahead of the one being returned
+READ_AHEAD = 4           # span requests in flight ahead of the one being returned
+WRITE_BATCH = 8 << 20    # restore writes this much per thread hop
 FILES_IN_FLIGHT = 8      # files of a tree ingested at once
 SMALL_FILE = 2 << 20     # read, chunk and hash in one pool hop up to this size
 
@@ -287,10 +288,13 @@ class Repository:
         return Ref.decode(name, data)
 
     async def iter_read(self, name: str, start: int = 0, end: int | None = None
-                        ) -> AsyncIterator[bytes]:
-        """Bytes [start, end) of a file, in order, as a few large blocks.
-        Frames are fetched READ_AHEAD at a time with range reads; every chunk
-        is checked against its id before a byte of it is returned."""
+                        ) -> AsyncIterator[bytes | memoryview]:
+        """Bytes [start, end) of a file, in order, as large blocks.
+
+        Consecutive frames that lie back to back in one pack are fetched
+        with one range request (up to SPAN_BYTES), READ_AHEAD requests in
+        flight, and decoded in one pool call; every chunk is checked against
+        its id before a byte of it is returned."""
         _, m = await self.resolve(name)
         end = m.size if end is None else min(end, m.size)
         if start < 0 or end < 0:
@@ -300,44 +304,46 @@ class Repository:
         ends = m.ends()
         lo = int(np.searchsorted(ends, start, side="right"))
         hi = int(np.searchsorted(ends, end - 1, side="right")) + 1
-        chunk_frames = m.chunks["frame"][lo:hi]
-        # Runs of consecutive chunks in one frame: one fetch each.
-        cuts = np.flatnonzero(np.diff(chunk_frames)) + 1
-        run_starts = np.concatenate(([0], cuts)) + lo
-        run_ends = np.concatenate((cuts, [hi - lo])) + lo
         locs = m.locations(lo, hi)
+        ids = m.chunks["id"][lo:hi]
+        spans = _plan_spans(m.chunks["frame"][lo:hi], locs)
 
-        def fetch(a: int, b: int):
-            return asyncio.ensure_future(self._read_run(m, locs[a - lo:b - lo],
-                                                        m.chunks["id"][a:b]))
+        def fetch(span):
+            return asyncio.ensure_future(self._read_span(locs, ids, span))
 
-        runs = list(zip(run_starts.tolist(), run_ends.tolist()))
-        window: list[asyncio.Future] = [fetch(a, b) for a, b in runs[:READ_AHEAD]]
+        window: list[asyncio.Future] = [fetch(sp) for sp in spans[:READ_AHEAD]]
         nxt = len(window)
+        pos = int(ends[lo - 1]) if lo else 0          # file offset of the next block
         try:
-            for a, b in runs:
-                data = await window.pop(0)
-                if nxt < len(runs):
-                    window.append(fetch(*runs[nxt]))
+            for _ in spans:
+                blocks = await window.pop(0)
+                if nxt < len(spans):
+                    window.append(fetch(spans[nxt]))
                     nxt += 1
-                run_start = int(ends[a - 1]) if a else 0
-                s = max(start - run_start, 0)
-                e = min(end - run_start, len(data))
-                yield data if (s == 0 and e == len(data)) else data[s:e]
+                for data in blocks:
+                    n = len(data)
+                    s = max(start - pos, 0)
+                    e = min(end - pos, n)
+                    pos += n
+                    if s < e:
+                        yield data if (s == 0 and e == n) else memoryview(data)[s:e]
         finally:
             for f in window:
                 f.cancel()
 
-    async def _read_run(self, m: Manifest, locs: np.ndarray, ids: np.ndarray) -> bytes:
-        loc = locs[0]
-        pack = bytes(loc["pack"])
-        off, length = int(loc["frame_offset"]), int(loc["frame_length"])
-        what = f"pack {pack.hex()} frame at {off}"
+    async def _read_span(self, locs: np.ndarray, ids: np.ndarray, span) -> list:
+        """Fetch one span (frames back to back in one pack) and decode it."""
+        first, last, runs = span
+        pack = bytes(locs[first]["pack"])
+        off = int(locs[first]["frame_offset"])
+        stop = int(locs[last]["frame_offset"]) + int(locs[last]["frame_length"])
         try:
-            buf = await self.store.get(pack_key(pack), off, off + length)
+            buf = await self.store.get(pack_key(pack), off, stop)
         except ObjectNotFound:
             raise IntegrityError(f"missing pack {pack.hex()}") from None
-        return await self._run(_decode_run, buf, locs, ids, what)
+        if len(buf) != stop - off:
+            raise IntegrityError(f"pack {pack.hex()} is shorter than its frames (truncated)")
+        return await self._run(_decode_span, buf, off, locs, ids, runs, pack.hex())
 
     async def read(self, name: str, start: int = 0, end: int | None = None) -> bytes:
         return b"".join([b async for b in self.iter_read(name, start, end)])
@@ -354,9 +360,18 @@ class Repository:
             raise IngestError(f"cannot write {out}: {e.strerror}") from None
         try:
             with f:
+                batch: list = []
+                size = 0
                 async for block in self.iter_read(name):
-                    await asyncio.to_thread(f.write, block)
-                    n += len(block)
+                    batch.append(block)
+                    size += len(block)
+                    if size >= WRITE_BATCH or len(batch) >= 256:
+                        await asyncio.to_thread(_write_all, f, batch)
+                        n += size
+                        batch, size = [], 0
+                if batch:
+                    await asyncio.to_thread(_write_all, f, batch)
+                    n += size
             os.replace(tmp, out)
         except BaseException:
             try:
@@ -501,6 +516,50 @@ class Repository:
         return rep
 
 
+SPAN_BYTES = 8 << 20     # most bytes fetched by one range request on restore
+SPAN_FRAMES = 16
+
+
+def _plan_spans(chunk_frames: np.ndarray, locs: np.ndarray) -> list:
+    """Group a read's chunks into runs (consecutive chunks of one frame) and
+    the runs into spans (frames back to back in one pack): [(first chunk,
+    last chunk, [(a, b) chunk ranges of its runs]), ...], indexes into locs."""
+    n = len(chunk_frames)
+    cuts = np.flatnonzero(np.diff(chunk_frames)) + 1
+    starts = np.concatenate(([0], cuts)).tolist()
+    stops = np.concatenate((cuts, [n])).tolist()
+    packs = locs["pack"][starts].tolist()
+    offs = locs["frame_offset"][starts].tolist()
+    lens = locs["frame_length"][starts].tolist()
+    spans, cur = [], None
+    for a, b, pack, off, ln in zip(starts, stops, packs, offs, lens):
+        if (cur is not None and pack == cur_pack and off == cur_end
+                and cur_end + ln - cur_start <= SPAN_BYTES and len(cur[2]) < SPAN_FRAMES):
+            cur[2].append((a, b))
+            cur[1] = b - 1
+            cur_end = off + ln
+            continue
+        if cur is not None:
+            spans.append(tuple(cur))
+        cur = [a, b - 1, [(a, b)]]
+        cur_pack, cur_start, cur_end = pack, off, off + ln
+    if cur is not None:
+        spans.append(tuple(cur))
+    return spans
+
+
+def _decode_span(buf, base: int, locs: np.ndarray, ids: np.ndarray, runs: list,
+                 pack_hex: str) -> list:
+    mv = memoryview(buf)
+    out = []
+    for a, b in runs:
+        off = int(locs["frame_offset"][a]) - base
+        ln = int(locs["frame_length"][a])
+        out.append(_decode_run(mv[off:off + ln], locs[a:b], ids[a:b],
+                               f"pack {pack_hex} frame at {base + off}"))
+    return out
+
+
 def _decode_run(buf, locs: np.ndarray, ids: np.ndarray, what: str) -> bytes:
     loc = locs[0]
     stored = check_frame(buf, int(loc["frame_raw"]), int(loc["codec"]), what)
@@ -553,6 +612,11 @@ def _verify_pack(data: bytes, pack_id: bytes, what: str) -> tuple[set, int]:
                 raise IntegrityError(f"{what}: frame {fi} chunk at {c_off} does not match its id")
             good.add((foff, c_off, c_len, cid))
     return good, len(data)
+
+
+def _write_all(f, blocks: list) -> None:
+    for b in blocks:
+        f.write(b)
 
 
 def stream_reader(stream):
