@@ -33,6 +33,7 @@ from . import _bytegroup
 from .errors import IntegrityError
 
 RAW, ZSTD, ZSTD_BG2, ZSTD_BG4 = 0, 1, 2, 4
+MAX_FRAME_RAW = 64 << 20    # parsers refuse frames claiming more (configs allow 16 MiB)
 CODECS = {RAW: "raw", ZSTD: "zstd", ZSTD_BG2: "zstd+bg2", ZSTD_BG4: "zstd+bg4"}
 _GROUP = {ZSTD_BG2: 2, ZSTD_BG4: 4}
 _BY_ELEMENT = {2: ZSTD_BG2, 4: ZSTD_BG4}
@@ -166,6 +167,11 @@ def _decompressor() -> zstandard.ZstdDecompressor:
 
 def _unzstd(data, size: int) -> bytes:
     try:
+        # A frame header may claim any content size and zstd would allocate
+        # it before failing: check the claim against what the index says.
+        declared = zstandard.frame_content_size(data)
+        if declared not in (size, zstandard.CONTENTSIZE_UNKNOWN):
+            raise IntegrityError(f"zstd frame claims {declared} bytes, expected {size}")
         out = _decompressor().decompress(data, max_output_size=size)
     except zstandard.ZstdError as e:
         raise IntegrityError(f"corrupted frame: {e}") from None

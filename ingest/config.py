@@ -53,5 +53,5 @@ class StoreConfig:
                        int(d["pack_size"]), int(d["zstd_level"]))
         except FormatError:
             raise
-        except (ValueError, KeyError, TypeError) as e:
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise FormatError(f"store config: malformed ({e})") from None

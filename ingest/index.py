@@ -16,13 +16,12 @@ import blake3
 import numpy as np
 import pyarrow as pa
 
-from .compression import CODECS
+from .compression import CODECS, MAX_FRAME_RAW
 from .envelope import seal, unseal
 from .errors import FormatError
 
 MAGIC, VERSION = b"IGIX", 1
 PREFIX = "index/"
-MAX_FRAME_RAW = 64 << 20     # as pack.MAX_FRAME_RAW (pack imports this module's LOCATION)
 
 # Where a chunk is: its frame in a pack, and its place inside the raw frame.
 LOCATION = np.dtype([("pack", "V32"), ("frame_offset", "<u8"), ("frame_length", "<u4"),

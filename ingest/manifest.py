@@ -20,9 +20,8 @@ import numpy as np
 from .envelope import seal, unseal
 from .errors import FormatError, IntegrityError
 from .hashing import file_id as compute_file_id
-from .compression import CODECS
+from .compression import CODECS, MAX_FRAME_RAW
 from .index import LOCATION
-from .pack import MAX_FRAME_RAW
 
 MAGIC, VERSION = b"IGFM", 1
 PREFIX = "files/"

@@ -22,7 +22,7 @@ import blake3
 import numpy as np
 import xxhash
 
-from .compression import CODECS
+from .compression import CODECS, MAX_FRAME_RAW
 from .envelope import OVERHEAD, seal, unseal
 from .errors import FormatError, IntegrityError
 
@@ -32,7 +32,6 @@ FRAME_HEADER = struct.Struct("<4sBxHIIQ")
 TRAILER = struct.Struct("<Q4sB3x")
 FOOTER_COUNTS = struct.Struct("<II")
 PACK_MAGIC, FRAME_MAGIC, FOOTER_MAGIC = b"IGPK", b"IGFR", b"IGPF"
-MAX_FRAME_RAW = 64 << 20     # parsers refuse frames claiming more
 MAX_FRAME_CHUNKS = 0xFFFF    # the frame header counts chunks in a u16
 
 FRAME_ROW = np.dtype([("offset", "<u8"), ("length", "<u4"), ("raw_len", "<u4"),

@@ -9,6 +9,7 @@ name); they are written last, so a ref never points at a missing manifest.
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import asdict, dataclass
 
@@ -60,8 +61,12 @@ class Ref:
         _, payload = unseal(data, MAGIC, {VERSION}, what)
         try:
             d = json.loads(bytes(payload))
-            ref = cls(name, str(d["file_id"]), int(d["size"]), str(d["sha256"]), float(d["time"]))
-        except (ValueError, KeyError, TypeError) as e:
+            size, t = d["size"], d["time"]
+            if (type(size) is not int or not isinstance(t, (int, float)) or isinstance(t, bool)
+                    or not math.isfinite(t)):
+                raise ValueError("size must be an integer and time a finite number")
+            ref = cls(name, str(d["file_id"]), size, str(d["sha256"]), float(t))
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise FormatError(f"{what}: malformed ({e})") from None
         if (parse_hex_id(ref.file_id) is None or parse_hex_id(ref.sha256) is None
                 or ref.size < 0):

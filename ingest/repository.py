@@ -448,7 +448,8 @@ class Repository:
         id, every pack's footer and frames check out and every chunk hashes to
         its id, and every manifest's chunks are where it says."""
         rep = VerifyReport()
-        chunks_at: dict[bytes, set] = {}        # pack id -> {(frame offset, offset, length, id)}
+        # pack id -> {(frame offset, frame length, raw length, codec, chunk offset, length, id)}
+        chunks_at: dict[bytes, set] = {}
         async for o in self.store.list(PACK_PREFIX):
             rep.packs += 1
             pid = hashing.parse_hex_id(o.key[len(PACK_PREFIX):])
@@ -479,14 +480,15 @@ class Repository:
                 rep.problems.append(str(e))
                 continue
             locs = m.locations()
-            for i, (pack, foff, off, ln) in enumerate(zip(
+            for i, (pack, foff, flen, fraw, codec, off, ln) in enumerate(zip(
                     locs["pack"].tolist(), locs["frame_offset"].tolist(),
-                    locs["offset"].tolist(), locs["length"].tolist())):
+                    locs["frame_length"].tolist(), locs["frame_raw"].tolist(),
+                    locs["codec"].tolist(), locs["offset"].tolist(), locs["length"].tolist())):
                 good = chunks_at.get(pack)
                 if good is None:
                     rep.problems.append(f"{what}: chunk {i} is in missing or damaged pack {pack.hex()}")
                     break
-                if (foff, off, ln, bytes(m.chunks["id"][i])) not in good:
+                if (foff, flen, fraw, codec, off, ln, bytes(m.chunks["id"][i])) not in good:
                     rep.problems.append(f"{what}: chunk {i} is not where the manifest says")
                     break
             else:
@@ -610,7 +612,7 @@ def _verify_pack(data: bytes, pack_id: bytes, what: str) -> tuple[set, int]:
         for cid, c_off, c_len in zip(sel["id"].tolist(), sel["offset"].tolist(), sel["length"].tolist()):
             if hashing.chunk_id(raw[c_off:c_off + c_len]) != cid:
                 raise IntegrityError(f"{what}: frame {fi} chunk at {c_off} does not match its id")
-            good.add((foff, c_off, c_len, cid))
+            good.add((foff, flen, raw_len, codec, c_off, c_len, cid))
     return good, len(data)
 
 

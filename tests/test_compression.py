@@ -116,3 +116,13 @@ def test_safetensors_header_gives_element_sizes():
                                   struct.pack("<Q", 20) + b'{"a": {"dtype": 5}}'])
 def test_safetensors_garbage_gives_no_hints(blob):
     assert parse_header(blob) is None
+
+
+def test_zstd_frame_claiming_a_huge_size_is_refused_before_allocating():
+    import zstandard
+    # A valid frame of 1000 bytes whose header is rewritten by a hostile
+    # writer is still refused by the declared-size check; a frame that
+    # honestly declares 512 MiB for a 4 KiB slot never reaches zstd.
+    big = zstandard.ZstdCompressor().compress(bytes(512 << 20)[:1 << 20])   # declares 1 MiB
+    with pytest.raises(IntegrityError, match="claims"):
+        decompress(ZSTD, big, 4096)

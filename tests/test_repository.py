@@ -398,3 +398,20 @@ def test_unknown_chunker_in_config_is_refused(tmp_path):
         with pytest.raises(FormatError, match="chunker"):
             await Repository.open(tmp_path / "s")
     run(go())
+
+
+def test_malformed_ref_and_config_payloads_are_format_errors():
+    import json
+    from ingest.config import MAGIC as CMAGIC
+    from ingest.config import StoreConfig
+    from ingest.envelope import seal
+    from ingest.errors import FormatError
+    from ingest.refs import MAGIC, Ref
+    good = {"file_id": "a" * 64, "sha256": "b" * 64, "size": 1, "time": 1.0}
+    for bad in ({**good, "size": 14.7}, {**good, "size": "14"}, {**good, "size": True},
+                {**good, "time": "NaN"}, {**good, "file_id": "A" * 64}, [], None):
+        with pytest.raises(FormatError):
+            Ref.decode("x", seal(MAGIC, 1, json.dumps(bad).encode()))
+    for bad in ([], None, {"chunker": "gear-nc-v1"}):
+        with pytest.raises(FormatError):
+            StoreConfig.decode(seal(CMAGIC, 1, json.dumps(bad).encode()))
