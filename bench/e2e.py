@@ -87,6 +87,12 @@ def _maxrss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024   # KiB on Linux
 
 
+def _cpu() -> float:
+    """User + system CPU seconds of this process, all threads."""
+    t = os.times()
+    return t.user + t.system
+
+
 def child_ingest_ours(spec: dict) -> dict:
     import asyncio
 
@@ -97,7 +103,7 @@ def child_ingest_ours(spec: dict) -> dict:
         new_event_loop = asyncio.new_event_loop
 
     async def go():
-        t0 = time.perf_counter()
+        c0, t0 = _cpu(), time.perf_counter()
         repo = await Repository.open(spec["store"])
         t_open = time.perf_counter() - t0
         files = []
@@ -108,15 +114,15 @@ def child_ingest_ours(spec: dict) -> dict:
                                   "new_bytes": r.new_bytes})
         finally:
             await repo.close()
-        return time.perf_counter() - t0, t_open, files
+        return time.perf_counter() - t0, _cpu() - c0, t_open, files
 
     base = _maxrss()
     loop = new_event_loop()
     try:
-        seconds, t_open, files = loop.run_until_complete(go())
+        seconds, cpu, t_open, files = loop.run_until_complete(go())
     finally:
         loop.close()
-    return {"seconds": seconds, "open_seconds": t_open, "files": files,
+    return {"seconds": seconds, "cpu_seconds": cpu, "open_seconds": t_open, "files": files,
             "new_bytes": sum(f["new_bytes"] for f in files), "rss_base": base}
 
 
@@ -130,7 +136,7 @@ def child_restore_ours(spec: dict) -> dict:
         new_event_loop = asyncio.new_event_loop
 
     async def go():
-        t0 = time.perf_counter()
+        c0, t0 = _cpu(), time.perf_counter()
         repo = await Repository.open(spec["store"], create=False)
         slots = asyncio.Semaphore(spec["concurrency"])
         dirs = {os.path.dirname(f["out"]) for f in spec["files"]}
@@ -144,15 +150,15 @@ def child_restore_ours(spec: dict) -> dict:
             n = sum(await asyncio.gather(*(one(f) for f in spec["files"])))
         finally:
             await repo.close()
-        return time.perf_counter() - t0, n
+        return time.perf_counter() - t0, _cpu() - c0, n
 
     base = _maxrss()
     loop = new_event_loop()
     try:
-        seconds, n = loop.run_until_complete(go())
+        seconds, cpu, n = loop.run_until_complete(go())
     finally:
         loop.close()
-    return {"seconds": seconds, "bytes": n, "rss_base": base}
+    return {"seconds": seconds, "cpu_seconds": cpu, "bytes": n, "rss_base": base}
 
 
 def child_ingest_hf_xet(spec: dict) -> dict:
@@ -160,25 +166,25 @@ def child_ingest_hf_xet(spec: dict) -> dict:
     base = _maxrss()
     endpoint = "local://" + spec["store"]
     files = []
-    t0 = time.perf_counter()
+    c0, t0 = _cpu(), time.perf_counter()
     for batch in spec["batches"]:
         infos = hf_xet.upload_files(batch, endpoint, None, None, None, "model", skip_sha256=True)
         files += [{"path": p, "hash": i.hash, "size": i.file_size} for p, i in zip(batch, infos)]
-    seconds = time.perf_counter() - t0
-    return {"seconds": seconds, "files": files, "rss_base": base}
+    seconds, cpu = time.perf_counter() - t0, _cpu() - c0
+    return {"seconds": seconds, "cpu_seconds": cpu, "files": files, "rss_base": base}
 
 
 def child_restore_hf_xet(spec: dict) -> dict:
     import hf_xet
     base = _maxrss()
-    t0 = time.perf_counter()
+    c0, t0 = _cpu(), time.perf_counter()
     dirs = {os.path.dirname(f["out"]) for f in spec["files"]}
     for d in dirs:
         os.makedirs(d, exist_ok=True)
     infos = [hf_xet.PyXetDownloadInfo(f["out"], f["hash"], f["size"]) for f in spec["files"]]
     hf_xet.download_files(infos, "local://" + spec["store"], None, None, None)
-    seconds = time.perf_counter() - t0
-    return {"seconds": seconds, "bytes": sum(f["size"] for f in spec["files"]), "rss_base": base}
+    seconds, cpu = time.perf_counter() - t0, _cpu() - c0
+    return {"seconds": seconds, "cpu_seconds": cpu, "bytes": sum(f["size"] for f in spec["files"]), "rss_base": base}
 
 
 CHILDREN = {("ingest", "ingest"): child_ingest_ours, ("ingest", "restore"): child_restore_ours,
@@ -329,6 +335,7 @@ def bench_corpus(corpus: Corpus, tools: list[str], work: pathlib.Path, repeat: i
                         stored_after_dup[t].append(dir_bytes(store))
                     log(f"  rep {r + 1} {t:7} {phase:8} {out['seconds']:7.2f} s "
                         f"{corpus.input_bytes / out['seconds'] / 1e6:8.1f} MB/s  "
+                        f"cpu {out['cpu_seconds']:6.2f} s  "
                         f"peak RSS {out['rss_peak'] / 2**20:7.1f} MiB")
         finally:
             for t in tools:
@@ -345,6 +352,8 @@ def bench_corpus(corpus: Corpus, tools: list[str], work: pathlib.Path, repeat: i
             tr[p] = {"seconds_median": med, "seconds_all_runs": secs,
                      "mb_per_s": corpus.input_bytes / med / 1e6,
                      "wall_seconds_all_runs": [o["wall_seconds"] for o in runs[t][p]],
+                     "cpu_seconds_median": statistics.median(o["cpu_seconds"] for o in runs[t][p]),
+                     "cpu_seconds_all_runs": [o["cpu_seconds"] for o in runs[t][p]],
                      "rss_peak_max": max(o["rss_peak"] for o in runs[t][p]),
                      "rss_base": max(o["rss_base"] for o in runs[t][p])}
             if t == "ingest" and p != "restore":
@@ -388,8 +397,9 @@ def bench_borg(corpus: Corpus, work: pathlib.Path) -> dict:
 def fmt_tables(results: dict) -> str:
     L = []
     head = (f"{'corpus':8} {'MiB':>6} {'phase':8} {'ours MB/s':>10} {'hf_xet MB/s':>12} "
-            f"{'ours/hf_xet':>12} {'target':>7}  ok")
-    L += ["Speed (median MB/s of input; ours/hf_xet higher is better)", head, "-" * len(head)]
+            f"{'ours/hf_xet':>12} {'target':>7}  ok    {'CPU s ours':>10} {'hf_xet':>7}")
+    L += ["Speed (median MB/s of input; ours/hf_xet higher is better; CPU s: median user+sys "
+          "seconds of the child, all threads)", head, "-" * len(head)]
     for kind, c in results["corpora"].items():
         o, h = c["tools"].get("ingest", {}), c["tools"].get("hf_xet", {})
         for i, p in enumerate(PHASES):
@@ -400,7 +410,8 @@ def fmt_tables(results: dict) -> str:
             ratio = c["ratios"].get(p)
             ok = "" if ratio is None else ("PASS" if ratio >= TARGETS[p] else "FAIL")
             L.append(f"{c1:8} {c2:>6} {p:8} {_f(a, 10, 1)} {_f(b, 12, 1)} {_f(ratio, 12, 2)} "
-                     f"{TARGETS[p]:>6.1f}x  {ok}")
+                     f"{TARGETS[p]:>6.1f}x  {ok:4}  {_f(o.get(p, {}).get('cpu_seconds_median'), 10, 2)} "
+                     f"{_f(h.get(p, {}).get('cpu_seconds_median'), 7, 2)}")
     head = (f"{'corpus':8} {'ours MiB':>9} {'hf_xet MiB':>11} {'borg MiB':>9} {'ours/in':>8} "
             f"{'xet/in':>7} {'borg/in':>8} {'ours/min':>9}  ok")
     L += ["", "Stored bytes after `new` (apparent bytes under the store; ours/min(hf_xet, borg) must be <= 1)",
@@ -493,6 +504,7 @@ def main(argv: list[str] | None = None) -> int:
                       "tools interleaved phase by phase, order flipped each repeat",
             "mb_per_s": "input bytes of all versions / seconds, MB = 1e6 bytes",
             "rss": "child's own peak RSS (VmHWM of /proc/self/status), bytes",
+            "cpu_seconds": "user + system seconds of the child (all threads) over the timed work",
         },
         "targets": TARGETS,
         "host": {"cpus": os.cpu_count(), "python": platform.python_version(), "machine": platform.machine()},
