@@ -628,6 +628,31 @@ def test_overload_answers_503_with_retry_after(serve):
     run(main())
 
 
+def test_download_limit_and_stalled_reader(serve):
+    d = serve(max_downloads=1, idle_timeout=1.0)
+    blob = data(24 << 20, 6)            # more than loopback socket buffers hold
+
+    async def main():
+        async with aiohttp.ClientSession() as s:
+            assert (await put(s, d.url, "ns/big", blob))[0] == 201
+            async with aiohttp.ClientSession() as s2:
+                stalled = await s2.get(d.url + "/v1/files/ns/big")   # headers read, body not
+                assert stalled.status == 200
+                await wait_metric(s, d.url, "ingest_downloads_in_flight", lambda v: v == 1)
+                async with s.get(d.url + "/v1/files/ns/big") as g:
+                    assert g.status == 503 and g.headers["Retry-After"] == "2"
+                # The stalled reader is cut off after idle_timeout; the slot frees.
+                await wait_metric(s, d.url, "ingest_downloads_in_flight", lambda v: v == 0)
+                with pytest.raises(aiohttp.ClientPayloadError):
+                    await stalled.read()
+                stalled.release()
+            async with s.get(d.url + "/v1/files/ns/big") as g:
+                assert g.status == 200 and await g.read() == blob
+            m = await metrics(s, d.url)
+            assert m['ingest_rejected_total{reason="downloads_busy"}'] == 1
+    run(main())
+
+
 def raw_request(port: int, head: bytes, body: bytes) -> socket.socket:
     sock = socket.create_connection(("127.0.0.1", port))
     sock.sendall(head + body)

@@ -31,7 +31,7 @@ from aiohttp import web
 from ..errors import IngestError, IntegrityError, InvalidName, NotFound, StoreError
 from ..refs import PREFIX as REFS_PREFIX
 from ..refs import key as ref_key
-from ..repository import Repository
+from ..repository import Repository, stream_reader
 from ..stores import Store, open_store
 from ..stores.retry import RetriesExhausted, RetryStore, TransientStoreError
 from .auth import ANONYMOUS, Principal, TokenTable, bearer
@@ -115,6 +115,14 @@ def _uncursor(text: str) -> str:
         raise InvalidName("malformed cursor") from None
 
 
+async def _quiet_flush(session) -> None:
+    try:
+        await session.flush()
+    except Exception as e:              # noqa: BLE001 -- the uploads saw the error
+        log.warning("write session flush failed: %s", e,
+                    extra={"fields": {"event": "session_flush_failed"}})
+
+
 def _innermost(store):
     while hasattr(store, "inner"):
         store = store.inner
@@ -140,6 +148,7 @@ class Daemon:
         self._idle.set()
         self._force = asyncio.Event()
         self._tasks: set[asyncio.Task] = set()
+        self._session = None             # the WriteSession uploads share
         self._init_metrics()
         self.app = self._make_app()
 
@@ -354,6 +363,10 @@ class Daemon:
         idle.cancel()
         left = self.active
         await runner.cleanup()
+        if self._session is not None:
+            # Frames of uploads cut off mid-way that others deduplicated against.
+            await _quiet_flush(self._session)
+            self._session = None
         for t in list(self._tasks):
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -556,7 +569,7 @@ class Daemon:
                     on_bytes=on_bytes)
         try:
             existed = await repo.store.head(ref_key(name)) is not None
-            r = await repo.put_stream(body, ref=name)
+            r = await self._ingest(repo, body, name, request.content_length)
         except BodyError as e:
             self.m_uploads.inc(result=e.result)
             if e.status == 499:
@@ -584,10 +597,36 @@ class Daemon:
                "new_bytes": r.new_bytes, "dedup_bytes": r.dedup_bytes,
                "stored_bytes": r.stored_bytes}
         st.log = {"file_id": r.file_id, "size": r.size, "new_bytes": r.new_bytes,
-                          "stored_bytes": r.stored_bytes}
+                  "stored_bytes": r.stored_bytes}
         return web.json_response(doc, status=200 if existed else 201,
                                  headers={"ETag": f'"{r.file_id}"',
                                           "Location": request.rel_url.raw_path})
+
+    async def _ingest(self, repo: Repository, body: Body, name: str, length: int | None):
+        """Store one upload through the daemon's write session.
+
+        One session for all uploads, not one each (put_stream): concurrent
+        uploads fill the same packs, so pack memory is one open pack plus
+        --packs-in-flight being stored for the whole daemon instead of per
+        upload, block buffers are reused, and a known Content-Length lets a
+        small upload read into a buffer of its own size.  The manifest and
+        ref are still written only once all of this upload's packs are
+        stored (commit).  A session whose pack upload failed keeps failing,
+        so a failure not caused by the client retires it."""
+        session = self._session
+        if session is None or session.repo is not repo:
+            session = self._session = repo.session(
+                max_packs_in_flight=self.settings.packs_in_flight)
+        try:
+            written = await session.write(stream_reader(body), size_hint=length)
+            return await session.commit(written, name, flush=True)
+        except (BodyError, asyncio.CancelledError):
+            raise
+        except BaseException:
+            if self._session is session:
+                self._session = None
+                self._spawn(_quiet_flush(session))
+            raise
 
     # -- reads -------------------------------------------------------------------
     async def get_file(self, request: web.Request) -> web.StreamResponse:

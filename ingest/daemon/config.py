@@ -73,11 +73,13 @@ class Settings:
     port: int = 8080
     tokens: str | None = None              # path of the token file; None: open, loopback only
     max_upload_size: int = 100 * GiB
-    # Each upload in flight holds its read buffers, frames and up to three
-    # packs (the open one and two uploading): ~60 MiB typical, ~230 MiB at
-    # worst on incompressible data (see docs/DAEMON.md for the measurement).
+    # Memory (docs/DAEMON.md has the measurements): ~35 MiB per upload in
+    # flight (three 8 MiB read blocks, frames being compressed), ~35 MiB per
+    # download of a large file (read-ahead spans, decoded frames), and
+    # 64 MiB per pack for the open pack and those being stored.
     max_uploads: int = 8
-    max_downloads: int = 64                # each holds up to 8 frames (8 MiB) read ahead
+    packs_in_flight: int = 2
+    max_downloads: int = 16
     idle_timeout: float = 60.0             # a client silent this long is dropped
     drain_timeout: float = 30.0            # SIGTERM: uploads in flight get this long
     retry_after: int = 2                   # seconds, in 503 answers
@@ -123,8 +125,10 @@ _OPTIONS = [
      "largest upload accepted, e.g. 50G (default 100G); larger ones get 413"),
     ("max_uploads", "N", "INGEST_MAX_UPLOADS", _count,
      "uploads in flight at once (default 8); more get 503 with Retry-After"),
+    ("packs_in_flight", "N", "INGEST_PACKS_IN_FLIGHT", _count,
+     "packs (~64 MiB each) being written to the store at once, for all uploads (default 2)"),
     ("max_downloads", "N", "INGEST_MAX_DOWNLOADS", _count,
-     "downloads in flight at once (default 64); more get 503 with Retry-After"),
+     "downloads in flight at once (default 16); more get 503 with Retry-After"),
     ("idle_timeout", "SECONDS", "INGEST_IDLE_TIMEOUT", _seconds,
      "drop a client that sends or takes no bytes for this many seconds (default 60)"),
     ("drain_timeout", "SECONDS", "INGEST_DRAIN_TIMEOUT", _seconds,

@@ -81,4 +81,10 @@ async def run(settings: Settings) -> int:
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
+    # Connection tasks aiohttp cancelled at shutdown (lingering reads of
+    # refused uploads) get to finish before the loop closes.
+    rest = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    for t in rest:
+        t.cancel()
+    await asyncio.gather(*rest, return_exceptions=True)
     return 0
