@@ -226,12 +226,8 @@ class Repository:
     async def _write_path(self, s: WriteSession, path: Path, progress):
         try:
             small = await self._run(scan_small_file, path, SMALL_FILE, s.params)
-        except FileNotFoundError:
-            raise NotFound(f"no such file: {path}") from None
-        except IsADirectoryError:
-            raise IngestError(f"is a directory: {path}") from None
         except OSError as e:
-            raise IngestError(f"cannot read {path}: {e.strerror}") from None
+            raise _open_error(path, e) from None
         if small is not None:
             w = await s.write_scanned(*small)
             if progress:
@@ -239,12 +235,8 @@ class Repository:
             return w
         try:
             f = await asyncio.to_thread(open, path, "rb", buffering=0)
-        except FileNotFoundError:
-            raise NotFound(f"no such file: {path}") from None
-        except IsADirectoryError:
-            raise IngestError(f"is a directory: {path}") from None
         except OSError as e:
-            raise IngestError(f"cannot read {path}: {e.strerror}") from None
+            raise _open_error(path, e) from None
         try:
             async def readinto(out: memoryview) -> int:
                 try:
@@ -615,6 +607,15 @@ def _verify_pack(data: bytes, pack_id: bytes, what: str) -> tuple[set, int]:
                 raise IntegrityError(f"{what}: frame {fi} chunk at {c_off} does not match its id")
             good.add((foff, flen, raw_len, codec, c_off, c_len, cid))
     return good, len(data)
+
+
+def _open_error(path, e: OSError) -> IngestError:
+    """The one-line error for a file that cannot be opened or read."""
+    if isinstance(e, FileNotFoundError):
+        return NotFound(f"no such file: {path}")
+    if isinstance(e, IsADirectoryError):
+        return IngestError(f"is a directory: {path}")
+    return IngestError(f"cannot read {path}: {e.strerror}")
 
 
 def _write_all(f, blocks: list) -> None:

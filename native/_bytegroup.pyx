@@ -7,37 +7,33 @@ cdef extern from "bytegroup.h" nogil:
     void byteungroup(const uint8_t *src, uint8_t *dst, size_t n, size_t k)
 
 
-def group(const uint8_t[::1] src, size_t k, uint8_t[::1] out=None):
-    """Byte k-grouping of src into a new bytearray (or `out`, of equal size)."""
-    cdef size_t n = src.shape[0]
+cdef object _output(size_t n, size_t k, out):
     if k < 1:
         raise ValueError("k must be >= 1")
     if out is None:
-        res = bytearray(n)
-        out = res
-    elif out.shape[0] != n:
+        return bytearray(n)
+    if len(memoryview(out)) != n:
         raise ValueError("out must be as long as src")
-    else:
-        res = out
+    return out
+
+
+def group(const uint8_t[::1] src, size_t k, out=None):
+    """Byte k-grouping of src into a new bytearray (or `out`, of equal size)."""
+    cdef size_t n = src.shape[0]
+    res = _output(n, k, out)
+    cdef uint8_t[::1] o = res
     if n:
         with nogil:
-            bytegroup(&src[0], &out[0], n, k)
+            bytegroup(&src[0], &o[0], n, k)
     return res
 
 
-def ungroup(const uint8_t[::1] src, size_t k, uint8_t[::1] out=None):
+def ungroup(const uint8_t[::1] src, size_t k, out=None):
     """Inverse of group()."""
     cdef size_t n = src.shape[0]
-    if k < 1:
-        raise ValueError("k must be >= 1")
-    if out is None:
-        res = bytearray(n)
-        out = res
-    elif out.shape[0] != n:
-        raise ValueError("out must be as long as src")
-    else:
-        res = out
+    res = _output(n, k, out)
+    cdef uint8_t[::1] o = res
     if n:
         with nogil:
-            byteungroup(&src[0], &out[0], n, k)
+            byteungroup(&src[0], &o[0], n, k)
     return res
