@@ -370,10 +370,16 @@ def main() -> int:
         "where SeaweedFS and the local stores keep their data (default: /dev/shm when it "
         "has room, else the system temp dir; on disk, SeaweedFS's write-back bursts "
         "made raw put times vary by 2x between identical runs)"))
+    ap.add_argument("--tune-malloc", action="store_true", help=(
+        "call ingest.tune_malloc() first, as `ingest put` and `ingest serve` do (default: "
+        "the library's behaviour, glibc defaults)"))
     ap.add_argument("--json-out", help="write every run and the summary here")
     args = ap.parse_args()
     args.concurrency = [int(x) for x in args.concurrency.split(",") if x]
     args.packs = [int(x) for x in args.packs.split(",") if x]
+    if args.tune_malloc:
+        from ingest import tune_malloc
+        tune_malloc()
 
     where = args.workdir or _default_workdir(args.mib * MiB)
     workdir = pathlib.Path(tempfile.mkdtemp(prefix="s3bench-", dir=where))
