@@ -10,6 +10,7 @@ also works where a loop is already running (Jupyter).
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import threading
 from collections.abc import Iterator
@@ -22,8 +23,39 @@ except ImportError:  # pragma: no cover
     _uvloop = None
 
 
+log = logging.getLogger("ingest")
+
+
+def _orphaned_body_writer(context: dict) -> bool:
+    """True for aiohttp's request-body writer task dying of a lost connection.
+
+    botocore sends S3 PUTs with `Expect: 100-continue`; when the server goes
+    away at that moment, aiohttp fails the request (which the retry wrapper
+    sees and retries) *and* leaves its inner `ClientRequest.write_bytes` task
+    holding the same connection error, which nobody awaits.  asyncio would
+    print that as a multi-line traceback on stderr long after the request
+    was retried successfully.  It carries no information the request's own
+    error did not, so it is logged at debug level instead."""
+    exc, task = context.get("exception"), context.get("future")
+    if not isinstance(exc, ConnectionError) and type(exc).__module__.split(".")[0] != "aiohttp":
+        return False
+    coro = getattr(task, "get_coro", lambda: None)()
+    return getattr(coro, "__qualname__", "") == "ClientRequest.write_bytes"
+
+
+def _exception_handler(loop: asyncio.AbstractEventLoop, context: dict) -> None:
+    if _orphaned_body_writer(context):
+        log.debug("aiohttp body writer ended with %r after its request failed", context["exception"])
+        return
+    loop.default_exception_handler(context)
+
+
 def new_event_loop() -> asyncio.AbstractEventLoop:
-    return _uvloop.new_event_loop() if _uvloop else asyncio.new_event_loop()
+    """The loop the CLI, the daemon and SyncRepository run on: uvloop when
+    installed, with aiohttp's orphaned body-writer errors kept off stderr."""
+    loop = _uvloop.new_event_loop() if _uvloop else asyncio.new_event_loop()
+    loop.set_exception_handler(_exception_handler)
+    return loop
 
 
 class SyncRepository:
