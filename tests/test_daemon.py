@@ -715,8 +715,6 @@ def test_stalled_upload_times_out(serve, store_url):
 # -- integrity -------------------------------------------------------------------
 
 def test_damaged_pack_is_never_served_as_data(serve, store_url):
-    if "://" in store_url:
-        pytest.skip("flips a byte in a local pack file")
     d = serve()
     blob = data(24 << 20, 5)
 
@@ -726,16 +724,25 @@ def test_damaged_pack_is_never_served_as_data(serve, store_url):
             async with s.get(f"{d.url}/v1/reconstruction/{r['file_id']}") as g:
                 doc = await g.json()
             assert len(doc["packs"]) == 1 and len(doc["frames"]) >= 2
-            pack = Path(store_url, "packs", doc["packs"][0]["id"] + "%")   # the local store's file
-            pristine = pack.read_bytes()
+            key = "packs/" + doc["packs"][0]["id"]
+            store = open_store(store_url)       # the pack object itself, on either store
+            try:
+                pristine = await store.get(key)
+            finally:
+                await store.close()
 
-            def damage(frame: dict) -> None:
+            async def damage(frame: dict) -> None:
                 raw = bytearray(pristine)
                 raw[frame["offset"] + 24 + frame["length"] // 2] ^= 1    # past the frame header
-                pack.write_bytes(raw)
+                st = open_store(store_url)
+                try:
+                    await st.put(key, bytes(raw))                  # overwrite in place
+                    assert await st.get(key) == bytes(raw)
+                finally:
+                    await st.close()
             # Frames sit in the pack in the order they were compressed, not
             # file order: the reconstruction says which one comes first.
-            damage(doc["frames"][doc["terms"][0]["frame"]])
+            await damage(doc["frames"][doc["terms"][0]["frame"]])
             async with s.get(d.url + "/v1/files/ns/f") as g:
                 assert g.status == 500
                 err = await g.json()
@@ -748,7 +755,7 @@ def test_damaged_pack_is_never_served_as_data(serve, store_url):
                      if t["file_range"][0] > len(blob) // 2
                      and abs(doc["frames"][t["frame"]]["offset"] - first["offset"]) > 10 << 20]
             assert later
-            damage(later[-1])
+            await damage(later[-1])
             got = bytearray()
             with pytest.raises(aiohttp.ClientPayloadError):
                 async with s.get(d.url + "/v1/files/ns/f") as g:
@@ -814,10 +821,10 @@ def test_metrics_health_ready_openapi(serve):
     assert documented == served
 
 
-def test_not_ready_until_the_store_answers(serve, store_url):
-    if "://" not in store_url:
-        pytest.skip("needs a store that can be missing: an S3 bucket")
-    d = serve(ready=False, store=store_url.replace("s3://", "s3://no-such-bucket-"))
+@pytest.mark.s3
+def test_not_ready_until_the_store_answers(s3_url):
+    """Only an S3 store can be missing while the daemon runs: a bucket."""
+    d = Served(store=s3_url.replace("s3://", "s3://no-such-bucket-"))
 
     async def main():
         async with aiohttp.ClientSession() as s:
@@ -836,7 +843,10 @@ def test_not_ready_until_the_store_answers(serve, store_url):
                 assert g.status == 503 and "Retry-After" in g.headers
             m = await metrics(s, d.url)
             assert m["ingest_ready"] == 0
-    run(main())
+    try:
+        run(main())
+    finally:
+        d.stop()
 
 
 # -- the process: signals, logs --------------------------------------------------
