@@ -19,8 +19,11 @@ with a retryable 500 or even create the bucket.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import functools
+import io
+import itertools
 import os
 import uuid
 from collections.abc import AsyncIterator
@@ -91,7 +94,116 @@ def _code(e: bce.ClientError) -> tuple[str, int]:
     return str(err.get("Code", "") or status), int(status or 0)
 
 
+class PartsBody:
+    """The bytes of one put: one bytes-like object or a list of them, kept as
+    they are (no copy, no join).  Each request gets its own `reader()`, so a
+    second request of the same put (RetryStore's retry, the HEAD-then-PUT
+    fallback after a 501) starts again at byte 0."""
+
+    __slots__ = ("views", "size")
+
+    def __init__(self, data) -> None:
+        parts = data if isinstance(data, (list, tuple)) else (data,)
+        views = [memoryview(p).cast("B") for p in parts]
+        self.views = [v for v in views if v.nbytes]
+        self.size = sum(v.nbytes for v in self.views)
+
+    def reader(self) -> "PartsReader":
+        return PartsReader(self.views, self.size)
+
+
+class PartsReader(io.RawIOBase):
+    """A read-only, seekable file over a list of byte buffers, for botocore.
+
+    What botocore 1.43 / aiobotocore 3.10 / aiohttp 3.14 do with it (read in
+    their sources): botocore sizes it with seek(0, 2)/tell() (Content-Length),
+    adds `Expect: 100-continue` (any body with read()), and over http reads it
+    in 1 MiB pieces on the event loop for the CRC32 checksum header and the
+    SigV4 payload SHA-256, seeking back to the start after each.  aiohttp then
+    sends it as an IOBasePayload (size unknown to it, so botocore's
+    Content-Length stands): read(256 KiB) in the default executor, one piece
+    at a time, each written to the socket before the next.  Over https
+    botocore instead wraps it in an aws-chunked stream with the CRC32 as a
+    trailer and UNSIGNED-PAYLOAD (no SHA-256), read in 1 MiB pieces on the
+    loop as aiohttp sends it.  Either way at most a 1 MiB piece is copied,
+    never the whole body; a bytes body instead is wrapped by botocore in a
+    BytesIO, whose getbuffer() in aiohttp's BytesIOPayload copies all of it.
+
+    The parts must not change while a request reads them.  Reads may come
+    from another thread, one at a time."""
+
+    def __init__(self, views: list[memoryview], size: int) -> None:
+        super().__init__()
+        self._views = views
+        self._ends = list(itertools.accumulate(v.nbytes for v in views))
+        self._size = size
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        self._checkClosed()
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        self._checkClosed()
+        if whence == io.SEEK_SET:
+            pos = offset
+        elif whence == io.SEEK_CUR:
+            pos = self._pos + offset
+        elif whence == io.SEEK_END:
+            pos = self._size + offset
+        else:
+            raise ValueError(f"invalid whence {whence!r}")
+        if pos < 0:
+            raise ValueError(f"negative seek position {pos}")
+        self._pos = pos
+        return pos
+
+    def _pieces(self, n: int):
+        """Views of the next `n` bytes (fewer at the end); advances."""
+        pos, end = self._pos, min(self._size, self._pos + n)
+        if pos >= end:
+            return []
+        out = []
+        i = bisect.bisect_right(self._ends, pos)
+        while pos < end:
+            v = self._views[i]
+            start = pos - (self._ends[i] - v.nbytes)
+            take = min(v.nbytes - start, end - pos)
+            out.append(v[start:start + take])
+            pos += take
+            i += 1
+        self._pos = pos
+        return out
+
+    def read(self, size: int | None = -1) -> bytes:
+        self._checkClosed()
+        if size is None or size < 0:
+            size = max(0, self._size - self._pos)
+        pieces = self._pieces(size)
+        return pieces[0].tobytes() if len(pieces) == 1 else b"".join(pieces)
+
+    def readall(self) -> bytes:
+        return self.read(-1)
+
+    def readinto(self, b) -> int:
+        self._checkClosed()
+        out = memoryview(b).cast("B")
+        n = 0
+        for piece in self._pieces(out.nbytes):
+            out[n:n + piece.nbytes] = piece
+            n += piece.nbytes
+        return n
+
+
 class S3Store(Store):
+    accepts_parts = True        # put() takes a pack's parts: see PartsBody
+
     def __init__(self, bucket: str, prefix: str = "", *, endpoint_url: str | None = None,
                  region: str | None = None, profile: str | None = None,
                  max_concurrency: int = 16, connect_timeout: float = 10.0,
@@ -222,13 +334,14 @@ class S3Store(Store):
 
     # -- operations --------------------------------------------------------------
     async def put(self, key: str, data, *, if_absent: bool = False) -> bool:
+        """`data` is one bytes-like object or a list/tuple of them (a pack's
+        parts), stored as their concatenation without joining them."""
         k = self.prefix + check_key(key)
-        # botocore takes bytes, bytearray or a file; other buffers are copied.
-        body = data if isinstance(data, (bytes, bytearray)) else bytes(memoryview(data).cast("B"))
+        body = PartsBody(data)
         client = await self._s3("put", key)
         try:
             if not if_absent:
-                await client.put_object(Bucket=self.bucket, Key=k, Body=body)
+                await client.put_object(Bucket=self.bucket, Key=k, Body=body.reader())
                 return True
             return await self._put_once(client, k, key, body)
         except StoreError:
@@ -236,7 +349,7 @@ class S3Store(Store):
         except Exception as e:
             raise self._error("put", key, e) from None
 
-    async def _put_once(self, client, k: str, key: str, body) -> bool:
+    async def _put_once(self, client, k: str, key: str, body: "PartsBody") -> bool:
         """If-absent put, one at a time per key within this store.
 
         A caller arriving while another if-absent put of the same key is in
@@ -260,12 +373,13 @@ class S3Store(Store):
             del self._pending[k]
             done.set_result(outcome)        # None: failed, the waiters try themselves
 
-    async def _put_if_absent(self, client, k: str, key: str, body) -> bool:
+    async def _put_if_absent(self, client, k: str, key: str, body: "PartsBody") -> bool:
         if self.conditional_put is None:
             await self._probe_conditional_put(client)
         if self.conditional_put:
             try:
-                await client.put_object(Bucket=self.bucket, Key=k, Body=body, IfNoneMatch="*")
+                await client.put_object(Bucket=self.bucket, Key=k, Body=body.reader(),
+                                        IfNoneMatch="*")
                 return True
             except bce.ClientError as e:
                 code, status = _code(e)
@@ -280,7 +394,7 @@ class S3Store(Store):
         # (see docs/STORES.md).
         if await self._head(client, k, key) is not None:
             return False
-        await client.put_object(Bucket=self.bucket, Key=k, Body=body)
+        await client.put_object(Bucket=self.bucket, Key=k, Body=body.reader())
         return True
 
     async def _probe_conditional_put(self, client) -> None:
