@@ -16,10 +16,36 @@ cdef extern from "gearcdc.h" nogil:
         size_t max_size
         uint64_t strict
         uint64_t loose
-    size_t cdc_cut(const cdc_params *p, const uint8_t *buf, size_t n, size_t scanned, int eof)
     size_t cdc_cut_reference(const cdc_params *p, const uint8_t *buf, size_t n, size_t scanned, int eof)
+    size_t cdc_cut_kernel(int kernel, const cdc_params *p, const uint8_t *buf, size_t n, size_t scanned, int eof)
+    int cdc_kernel_available(int kernel)
+    const char *cdc_kernel_name(int kernel)
+    int cdc_kernel_default()
+    int CDC_KERNEL_COUNT
 
 cdef uint8_t _empty[1]
+cdef int _default = cdc_kernel_default()   # detects the CPU, fills the kernels' tables
+
+
+def kernels():
+    """Names of the cut kernels this CPU can run, slowest first; all cut alike."""
+    return [cdc_kernel_name(k).decode() for k in range(CDC_KERNEL_COUNT) if cdc_kernel_available(k)]
+
+
+def default_kernel():
+    """The kernel find_ends uses unless told otherwise."""
+    return cdc_kernel_name(_default).decode()
+
+
+cdef int _kernel_id(kernel) except -2:
+    if kernel is None:
+        return -1
+    for k in range(CDC_KERNEL_COUNT):
+        if cdc_kernel_name(k).decode() == kernel:
+            if not cdc_kernel_available(k):
+                raise ValueError(f"kernel {kernel!r} is not available on this CPU")
+            return k
+    raise ValueError(f"unknown kernel {kernel!r}")
 
 
 cdef class Params:
@@ -47,13 +73,19 @@ cdef class Params:
         return self.p.min_size
 
 
-def find_ends(Params params, const uint8_t[::1] buf, bint eof, size_t scanned=0, bint reference=False):
+def find_ends(Params params, const uint8_t[::1] buf, bint eof, size_t scanned=0, bint reference=False,
+              kernel=None):
     """Cut buf into chunks; return (ends, scanned).
 
     ends: uint64 array of chunk end offsets in buf.  Bytes after the last end
     are an unfinished chunk (only when eof is false); pass them again, followed
     by more input, with the returned `scanned` so they are not rescanned.
+    reference: use the plain reference kernel; kernel: a name from kernels()
+    (default: the fastest available).  Every kernel cuts identically.
     """
+    cdef int kid = _kernel_id(kernel)
+    if kid < 0:
+        kid = _default
     cdef size_t n = buf.shape[0]
     cdef const uint8_t *p = &buf[0] if n else _empty
     cdef size_t cap = n // params.p.min_size + 2
@@ -65,7 +97,7 @@ def find_ends(Params params, const uint8_t[::1] buf, bint eof, size_t scanned=0,
             if reference:
                 cut = cdc_cut_reference(&params.p, p + start, n - start, scanned, eof)
             else:
-                cut = cdc_cut(&params.p, p + start, n - start, scanned, eof)
+                cut = cdc_cut_kernel(kid, &params.p, p + start, n - start, scanned, eof)
             if cut == 0:
                 scanned = n - start
                 break

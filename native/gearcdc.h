@@ -26,6 +26,17 @@ typedef struct {
  * the chunk ends at n at the latest. */
 size_t cdc_cut(const cdc_params *p, const uint8_t *buf, size_t n, size_t scanned, int eof);
 
+/* Kernels: the same cuts, computed differently.  scalar: one hash chain;
+ * lanes4: four chains over four segments of the scanned range (portable);
+ * avx512vbmi: eight lanes in a zmm plus two scalar ones (x86-64 with
+ * AVX-512 F/BW/VBMI, detected at run time).  cdc_cut uses avx512vbmi where
+ * available, else scalar (cdc_kernel_default). */
+enum { CDC_KERNEL_SCALAR = 0, CDC_KERNEL_LANES4 = 1, CDC_KERNEL_AVX512VBMI = 2, CDC_KERNEL_COUNT = 3 };
+int cdc_kernel_available(int kernel);
+const char *cdc_kernel_name(int kernel);
+int cdc_kernel_default(void);   /* also initialises the kernels' tables: call once before cdc_cut_kernel */
+size_t cdc_cut_kernel(int kernel, const cdc_params *p, const uint8_t *buf, size_t n, size_t scanned, int eof);
+
 /* Same cut, plain and obviously right: the reference every faster kernel is
  * tested against. */
 size_t cdc_cut_reference(const cdc_params *p, const uint8_t *buf, size_t n, size_t scanned, int eof);

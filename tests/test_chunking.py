@@ -146,3 +146,65 @@ def test_stream_update_after_finish_fails():
     sc.finish()
     with pytest.raises(ValueError):
         sc.update(b"x")
+
+
+KERNEL_PARAMS = [
+    DEFAULT_PARAMS,
+    SMALL,
+    ChunkParams(2048, 8192, 65536, 15, 11),
+    ChunkParams(64, 65536, 262144, 12, 8),      # lanes on, a hit every few KiB: hit resolution
+    ChunkParams(1024, 32768, 131072, 13, 10),
+    ChunkParams(4096, 4096, 8192, 20, 20),      # normal == min, max cuts forced
+    ChunkParams(64, 1 << 20, 1 << 20, 14, 14),  # one threshold, long windows
+]
+
+
+def kernel_inputs(rng):
+    """Random, constant and repetitive bytes, lengths near 0, 64, min, normal and max."""
+    yield rng.integers(0, 256, 1 << 20, dtype=np.uint8).tobytes()
+    yield rng.integers(0, 256, 300_000, dtype=np.uint8).tobytes() + bytes(200_000) + b"ab" * 40_000
+    yield bytes(rng.integers(0, 4, 400_000, dtype=np.uint8))     # low-entropy: many equal windows
+    for n in (0, 1, 30, 63, 64, 65, 127, 200):
+        yield rng.integers(0, 256, n, dtype=np.uint8).tobytes()
+
+
+@pytest.mark.parametrize("kernel", _chunker.kernels())
+@pytest.mark.parametrize("params", KERNEL_PARAMS, ids=lambda p: f"{p.min_size}-{p.normal_size}-{p.max_size}")
+def test_every_kernel_cuts_like_the_reference(kernel, params):
+    rng = np.random.default_rng(hash((kernel, params.min_size, params.strict_bits)) & 0xffff)
+    native = params.native()
+    sizes = {params.min_size, params.normal_size, params.max_size}
+    datas = list(kernel_inputs(rng))
+    base = rng.integers(0, 256, params.max_size + 4096, dtype=np.uint8).tobytes()
+    for s in sizes:                                  # a chunk boundary right at the limits
+        for d in (-65, -64, -63, -2, -1, 0, 1, 2, 63, 64, 65):
+            if 0 <= s + d <= len(base):
+                datas.append(base[:s + d])
+    for data in datas:
+        ref, _ = _chunker.find_ends(native, data, True, 0, True)
+        got, _ = _chunker.find_ends(native, data, True, 0, False, kernel)
+        assert np.array_equal(got, ref), (kernel, params, len(data))
+        # unfinished input resumed with `scanned`, as the pipeline does
+        for cut in (len(data) // 3, len(data) // 2):
+            e1, sc1 = _chunker.find_ends(native, data[:cut], False, 0, False, kernel)
+            r1, rs1 = _chunker.find_ends(native, data[:cut], False, 0, True)
+            assert np.array_equal(e1, r1) and sc1 == rs1
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), size=st.integers(0, 200_000),
+       strict=st.integers(8, 16), gap=st.integers(0, 6), min_size=st.sampled_from([64, 256, 1024, 4096]))
+def test_kernels_match_reference_random_params(seed, size, strict, gap, min_size):
+    params = ChunkParams(min_size, max(min_size, 8 * min_size), 64 * min_size, strict, max(1, strict - gap))
+    data = np.random.default_rng(seed).integers(0, 256, size, dtype=np.uint8).tobytes()
+    ref, _ = _chunker.find_ends(params.native(), data, True, 0, True)
+    for kernel in _chunker.kernels():
+        got, _ = _chunker.find_ends(params.native(), data, True, 0, False, kernel)
+        assert np.array_equal(got, ref), kernel
+
+
+def test_kernel_selection():
+    names = _chunker.kernels()
+    assert names[:2] == ["scalar", "lanes4"] and _chunker.default_kernel() in names
+    with pytest.raises(ValueError):
+        _chunker.find_ends(DEFAULT_PARAMS.native(), b"x" * 100, True, 0, False, "no-such-kernel")
