@@ -7,7 +7,8 @@ Implementations: local.LocalStore (a directory), s3.S3Store (aiobotocore).
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 from ..errors import InvalidName, NotFound, StoreError
@@ -54,10 +55,38 @@ class Store(abc.ABC):
         whole object or none.  With if_absent, leave an existing object alone
         and return False; otherwise return True."""
 
+    async def put_many(self, items: Sequence[tuple[str, object]], *,
+                       if_absent: bool = False) -> list[bool]:
+        """put() each (key, data) of a batch of small objects: one result per
+        item, in order.  Items are independent (no order among them), and all
+        have ended when this returns; the first error is raised after that.
+        Stores that can make a batch durable more cheaply than one object at
+        a time override this (the local store: one directory sync per batch)."""
+        results = await asyncio.gather(*(self.put(k, d, if_absent=if_absent) for k, d in items),
+                                       return_exceptions=True)
+        for r in results:
+            if isinstance(r, BaseException):
+                raise r
+        return list(results)
+
     @abc.abstractmethod
     async def get(self, key: str, start: int = 0, end: int | None = None) -> bytes:
         """Bytes [start, end) of the object (end None: to its end).  Raises
         ObjectNotFound.  A range past the end returns what exists."""
+
+    async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        """get() of each whole object of a batch, None where it does not
+        exist; the first other error is raised once all have ended."""
+        async def one(key: str) -> bytes | None:
+            try:
+                return await self.get(key)
+            except ObjectNotFound:
+                return None
+        results = await asyncio.gather(*(one(k) for k in keys), return_exceptions=True)
+        for r in results:
+            if isinstance(r, BaseException):
+                raise r
+        return list(results)
 
     @abc.abstractmethod
     async def head(self, key: str) -> ObjectInfo | None:

@@ -128,14 +128,32 @@ class RetryStore(Store):
     async def put(self, key: str, data, *, if_absent: bool = False) -> bool:
         stored = await self._call("put", self.inner.put, key, data, if_absent=if_absent)
         if stored:
-            parts = data if isinstance(data, (list, tuple)) else (data,)
-            self._ops["put"].bytes_out += sum(memoryview(p).nbytes for p in parts)
+            self._ops["put"].bytes_out += _nbytes(data)
+        return stored
+
+    async def put_many(self, items, *, if_absent: bool = False) -> list[bool]:
+        items = list(items)
+        if type(self.inner).put_many is Store.put_many:
+            # No batch form: each put on its own, retried and limited as usual.
+            return await Store.put_many(self, items, if_absent=if_absent)
+        # One batch call, retried whole: every put in it is atomic and
+        # idempotent (if-absent keys are content-addressed, refs overwrite).
+        stored = await self._call("put", self.inner.put_many, items, if_absent=if_absent)
+        self._ops["put"].bytes_out += sum(_nbytes(d) for (_, d), ok in zip(items, stored) if ok)
         return stored
 
     async def get(self, key: str, start: int = 0, end: int | None = None) -> bytes:
         data = await self._call("get", self.inner.get, key, start, end)
         self._ops["get"].bytes_in += len(data)
         return data
+
+    async def get_many(self, keys) -> list[bytes | None]:
+        keys = list(keys)
+        if type(self.inner).get_many is Store.get_many:
+            return await Store.get_many(self, keys)     # each get retried and limited
+        found = await self._call("get", self.inner.get_many, keys)
+        self._ops["get"].bytes_in += sum(len(d) for d in found if d is not None)
+        return found
 
     async def head(self, key: str) -> ObjectInfo | None:
         return await self._call("head", self.inner.head, key)
@@ -200,3 +218,9 @@ class RetryStore(Store):
 
     async def close(self) -> None:
         await self.inner.close()
+
+
+def _nbytes(data) -> int:
+    """Bytes in a put's data: one bytes-like object or a list of parts."""
+    parts = data if isinstance(data, (list, tuple)) else (data,)
+    return sum(memoryview(p).nbytes for p in parts)
