@@ -31,7 +31,8 @@ from .manifest import PREFIX as FILES_PREFIX
 from .manifest import Manifest
 from .manifest import key as manifest_key
 from .pack import TRAILER, check_frame, check_header, footer_location, parse_footer
-from .pipeline import PACK_PREFIX, IngestResult, WriteSession, pack_key, scan_small_file
+from .pipeline import (PACK_PREFIX, IngestResult, WriteSession, pack_key, scan_small_file,
+                       scan_small_files)
 from .refs import PREFIX as REFS_PREFIX
 from .refs import Ref, check_name
 from .refs import key as ref_key
@@ -43,6 +44,8 @@ READ_AHEAD = 4           # span requests in flight ahead of the one being return
 WRITE_BATCH = 8 << 20    # restore writes this much per thread hop
 FILES_IN_FLIGHT = 8      # files of a tree ingested at once
 SMALL_FILE = 2 << 20     # read, chunk and hash in one pool hop up to this size
+SMALL_BATCH_FILES = 64   # small files of a tree scanned in one pool hop ...
+SMALL_BATCH_BYTES = 4 << 20   # ... holding at most about this much
 
 
 @dataclass
@@ -190,8 +193,19 @@ class Repository:
         writes_left = len(jobs)
         written = asyncio.Event()
 
-        async def one(i: int, path: Path, ref: str) -> None:
+        def wrote(n: int) -> None:
             nonlocal writes_left
+            writes_left -= n
+            if not writes_left:
+                written.set()
+
+        async def commit(i: int, w, ref: str) -> None:
+            # Commits wait outside the slots for packs shared with later files.
+            results[i] = r = await s.commit(w, ref, flush=False)
+            if on_result:
+                on_result(r)
+
+        async def one(i: int, path: Path, ref: str) -> None:
             try:
                 async with slots:        # the data phase is what needs bounding
                     w = await self._write_path(s, path, progress)
@@ -199,15 +213,45 @@ class Repository:
                 written.set()
                 raise
             finally:
-                writes_left -= 1
-                if not writes_left:
-                    written.set()
-            # Commits wait outside the slots for packs shared with later files.
-            results[i] = r = await s.commit(w, ref, flush=False)
-            if on_result:
-                on_result(r)
+                wrote(1)
+            await commit(i, w, ref)
 
-        tasks = [asyncio.ensure_future(one(i, p, r)) for i, (p, r) in enumerate(jobs)]
+        async def batch(files: list[tuple[int, Path, str]]) -> None:
+            # Small files in one pool hop and one index lookup per batch: per
+            # file hops and lookups were most of a package tree's CPU time.
+            try:
+                async with slots:
+                    scans = await self._run(scan_small_files, [p for _, p, _ in files],
+                                            SMALL_FILE, s.params)
+                    small, grown = [], []
+                    for job, sc in zip(files, scans):
+                        if isinstance(sc, OSError):
+                            raise _open_error(job[1], sc)
+                        if sc is None:
+                            grown.append(job)
+                        else:
+                            small.append((job, sc))
+                    ws = await s.write_scanned_many([sc for _, sc in small])
+                    if progress:
+                        progress(sum(w.size for w in ws))
+            except BaseException:
+                written.set()
+                raise
+            # Files that grew past SMALL_FILE since they were listed are
+            # streamed, each counting itself as written.
+            late = [asyncio.ensure_future(one(*job)) for job in grown]
+            wrote(len(small))
+            try:
+                await asyncio.gather(*(commit(job[0], w, job[2])
+                                       for (job, _), w in zip(small, ws)), *late)
+            except BaseException:
+                for t in late:
+                    t.cancel()
+                raise
+
+        sizes = await self._run(_sizes, [p for p, _ in jobs])
+        tasks = [asyncio.ensure_future(batch(group) if isinstance(group, list) else one(*group))
+                 for group in _group_small(jobs, sizes)]
         try:
             await written.wait()
             failed = [t for t in tasks if t.done() and not t.cancelled() and t.exception()]
@@ -690,6 +734,37 @@ def plan_tree(paths: Iterable[str | os.PathLike]) -> Iterable[tuple[Path, str]]:
 
 def _raise(e: OSError):
     raise IngestError(f"cannot read directory {e.filename}: {e.strerror}")
+
+
+def _sizes(paths: list[Path]) -> list[int]:
+    """Sizes of files about to be ingested; -1 where stat fails (the read
+    that follows reports the error)."""
+    out = []
+    for p in paths:
+        try:
+            out.append(os.stat(p).st_size)
+        except OSError:
+            out.append(-1)
+    return out
+
+
+def _group_small(jobs: list[tuple[Path, str]], sizes: list[int]):
+    """Per job in order: (i, path, ref) for a file streamed on its own, or a
+    list of them for a batch of small files (at most SMALL_BATCH_FILES and
+    about SMALL_BATCH_BYTES: the memory one slot may hold)."""
+    group: list = []
+    held = 0
+    for i, ((path, ref), size) in enumerate(zip(jobs, sizes)):
+        if not 0 <= size <= SMALL_FILE:
+            yield (i, path, ref)
+            continue
+        if group and (len(group) >= SMALL_BATCH_FILES or held + size > SMALL_BATCH_BYTES):
+            yield group
+            group, held = [], 0
+        group.append((i, path, ref))
+        held += size
+    if group:
+        yield group
 
 
 def _batches(items: list, n: int):
