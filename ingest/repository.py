@@ -446,13 +446,23 @@ class Repository:
         return list(await asyncio.gather(*(one(r) for r in refs)))
 
     async def list_refs(self, prefix: str = "") -> list[Ref]:
-        refs = []
+        # Read in batches of 256 (one thread hop each on the local store):
+        # one get per ref was most of `ingest ls` on a tree of small files.
+        refs: list[Ref] = []
+        keys: list[str] = []
+
+        async def read() -> None:
+            for key, data in zip(keys, await self.store.get_many(keys)):
+                if data is not None:            # None: deleted while listing
+                    refs.append(Ref.decode(key[len(REFS_PREFIX):], data))
+            keys.clear()
+
         async for o in self.store.list(REFS_PREFIX + prefix):
-            name = o.key[len(REFS_PREFIX):]
-            try:
-                refs.append(Ref.decode(name, await self.store.get(o.key)))
-            except ObjectNotFound:
-                continue            # deleted while listing
+            keys.append(o.key)
+            if len(keys) >= 256:
+                await read()
+        if keys:
+            await read()
         return refs
 
     async def delete_ref(self, name: str) -> None:
