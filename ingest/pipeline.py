@@ -176,7 +176,8 @@ class WriteSession:
             # (bench/s3_throughput.py, 512 MiB into SeaweedFS: 1.31x the raw
             # put time with 2 packs in flight, 1.15x with 4); a local disk does
             # not, and each pack in flight is up to 2 x 64 MiB of memory.
-            max_packs_in_flight = 2 if repo.store.accepts_parts else 4
+            max_packs_in_flight = 2 if repo.store.local else 4
+        self.max_packs_in_flight = max_packs_in_flight
         self._pack_slots = asyncio.Semaphore(max_packs_in_flight)
         self._pack: _Pack | None = None
         self._uploads: set[asyncio.Task] = set()

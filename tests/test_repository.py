@@ -415,3 +415,13 @@ def test_malformed_ref_and_config_payloads_are_format_errors():
     for bad in ([], None, {"chunker": "gear-nc-v1"}):
         with pytest.raises(FormatError):
             StoreConfig.decode(seal(CMAGIC, 1, json.dumps(bad).encode()))
+
+
+def test_packs_in_flight_follow_the_kind_of_store(store_url):
+    """A local disk keeps 2 packs in flight, a remote store 4 (both stores
+    take a pack as parts, so that is not what tells them apart)."""
+    async def go():
+        async with await Repository.open(store_url) as repo:
+            assert repo.store.accepts_parts
+            return repo.session().max_packs_in_flight
+    assert run(go()) == (4 if "://" in store_url else 2)

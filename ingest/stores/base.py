@@ -48,6 +48,9 @@ class Store(abc.ABC):
     # object (the local store writes them with writev: a 64 MiB pack is not
     # joined in memory first).  Callers check before passing a list.
     accepts_parts: bool = False
+    # True for a store on this machine's disks: a write costs no round trip,
+    # so fewer requests in flight keep it busy (see WriteSession).
+    local: bool = False
 
     @abc.abstractmethod
     async def put(self, key: str, data, *, if_absent: bool = False) -> bool:

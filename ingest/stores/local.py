@@ -34,6 +34,7 @@ def _dec(name: str) -> str:
 
 class LocalStore(Store):
     accepts_parts = True
+    local = True
     def __init__(self, root: str | os.PathLike, *, create: bool = True) -> None:
         self.root = Path(root).expanduser().absolute()
         self.url = self.root.as_uri()

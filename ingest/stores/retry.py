@@ -88,6 +88,7 @@ class RetryStore(Store):
         self._lists_after = "start_after" in inspect.signature(inner.list).parameters
         # put() may take a list of parts when the inner store does (see base.Store).
         self.accepts_parts = getattr(inner, "accepts_parts", False)
+        self.local = getattr(inner, "local", False)
 
     def __repr__(self) -> str:
         return f"RetryStore({self.inner!r})"
