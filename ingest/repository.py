@@ -312,10 +312,13 @@ class Repository:
             except ObjectNotFound:
                 raise NotFound(f"unknown file id {fid.hex()}") from None
             m = await self._run(Manifest.decode, data, f"manifest {fid.hex()}", fid)
-            if len(self._manifests) > 256:
-                self._manifests.pop(next(iter(self._manifests)))
-            self._manifests[fid] = m
+            self._cache_manifest(fid, m)
         return fid, m
+
+    def _cache_manifest(self, fid: bytes, m: Manifest) -> None:
+        if len(self._manifests) >= 256:
+            self._manifests.pop(next(iter(self._manifests)))
+        self._manifests[fid] = m
 
     async def get_ref(self, name: str) -> Ref:
         try:
@@ -390,16 +393,34 @@ class Repository:
         complete and verified); returns its size."""
         out = Path(out)
         tmp = out.with_name(f".{out.name}.ingest-tmp")
-        n = 0
+        blocks = self.iter_read(name)
+        batch: list = []
+        size = 0
+        try:
+            async for block in blocks:
+                batch.append(block)
+                size += len(block)
+                if size >= WRITE_BATCH or len(batch) >= 256:
+                    break
+            else:
+                # The whole file is in hand (most files of a tree): open, write
+                # and rename in one thread hop instead of three.
+                await asyncio.to_thread(_write_file, tmp, out, batch)
+                return size
+        except BaseException:
+            await blocks.aclose()
+            raise
         try:
             f = await asyncio.to_thread(open, tmp, "wb")
         except OSError as e:
+            await blocks.aclose()
             raise IngestError(f"cannot write {out}: {e.strerror}") from None
+        n = 0
         try:
             with f:
-                batch: list = []
-                size = 0
-                async for block in self.iter_read(name):
+                await asyncio.to_thread(_write_all, f, batch)
+                n, batch, size = size, [], 0
+                async for block in blocks:
                     batch.append(block)
                     size += len(block)
                     if size >= WRITE_BATCH or len(batch) >= 256:
@@ -411,6 +432,7 @@ class Repository:
                     n += size
             os.replace(tmp, out)
         except BaseException:
+            await blocks.aclose()
             try:
                 os.unlink(tmp)
             except OSError:
@@ -430,20 +452,51 @@ class Repository:
         if not refs:
             raise NotFound(f"no files under {prefix}")
         root = out_dir.absolute()
-        slots = asyncio.Semaphore(4)
-
-        async def one(ref: Ref) -> str:
+        targets = []
+        for ref in refs:
             rel = ref.name[len(prefix):]
             check_name(rel)
-            target = root.joinpath(*rel.split("/"))
+            targets.append(root.joinpath(*rel.split("/")))
+        try:
+            await asyncio.to_thread(_make_dirs, {t.parent for t in targets})
+        except OSError as e:
+            raise IngestError(f"cannot create {e.filename}: {e.strerror}") from None
+        slots = asyncio.Semaphore(4)
+
+        async def one(ref: Ref, target: Path) -> str:
             async with slots:
-                await asyncio.to_thread(target.parent.mkdir, parents=True, exist_ok=True)
                 n = await self.restore(ref.file_id, target)
             if on_file:
                 on_file(ref.name, n)
             return ref.name
 
-        return list(await asyncio.gather(*(one(r) for r in refs)))
+        names: list[str] = []
+        # Manifests of 64 files at a time in one read and one decode hop;
+        # below the cache's 256, so none is dropped before its file is read.
+        for i in range(0, len(refs), 64):
+            await self._load_manifests([bytes.fromhex(r.file_id) for r in refs[i:i + 64]])
+            names += await asyncio.gather(*(one(r, t) for r, t in
+                                            zip(refs[i:i + 64], targets[i:i + 64])))
+        return names
+
+    async def _load_manifests(self, fids: list[bytes]) -> None:
+        """Read and decode the manifests of many files into the cache."""
+        fids = [f for f in dict.fromkeys(fids) if f not in self._manifests]
+        if not fids:
+            return
+        datas = await self.store.get_many([manifest_key(f) for f in fids])
+        found = [(f, d) for f, d in zip(fids, datas) if d is not None]
+
+        def decode_all():
+            out = []
+            for fid, data in found:
+                try:
+                    out.append((fid, Manifest.decode(data, f"manifest {fid.hex()}", fid)))
+                except IngestError:
+                    pass            # resolve() reads it again and says what is wrong
+            return out
+        for fid, m in await self._run(decode_all):
+            self._cache_manifest(fid, m)
 
     async def list_refs(self, prefix: str = "") -> list[Ref]:
         # Read in batches of 256 (one thread hop each on the local store):
@@ -670,6 +723,25 @@ def _open_error(path, e: OSError) -> IngestError:
     if isinstance(e, IsADirectoryError):
         return IngestError(f"is a directory: {path}")
     return IngestError(f"cannot read {path}: {e.strerror}")
+
+
+def _write_file(tmp: Path, out: Path, blocks: list) -> None:
+    """Write a whole restored file: temporary file, then rename."""
+    try:
+        with open(tmp, "wb") as f:
+            _write_all(f, blocks)
+        os.replace(tmp, out)
+    except OSError as e:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise IngestError(f"cannot write {out}: {e.strerror}") from None
+
+
+def _make_dirs(dirs) -> None:
+    for d in sorted(dirs):
+        d.mkdir(parents=True, exist_ok=True)
 
 
 def _write_all(f, blocks: list) -> None:
