@@ -193,6 +193,9 @@ CHILDREN = {("ingest", "ingest"): child_ingest_ours, ("ingest", "restore"): chil
 
 def child_main() -> int:
     spec = json.loads(sys.stdin.read())
+    if spec["tool"] == "ingest" and spec.get("tune_malloc"):
+        from ingest import tune_malloc       # as `ingest put` and `ingest serve` do
+        tune_malloc()
     out = CHILDREN[(spec["tool"], spec["kind"])](spec)
     out["rss_peak"] = _maxrss()
     sys.stdout.write("\n@@RESULT@@" + json.dumps(out) + "\n")
@@ -205,7 +208,11 @@ class ToolError(RuntimeError):
     pass
 
 
+TUNE_MALLOC = True       # --no-tune-malloc: our children keep glibc's defaults
+
+
 def run_child(spec: dict, scratch: pathlib.Path) -> dict:
+    spec = dict(spec, tune_malloc=TUNE_MALLOC)
     env = dict(os.environ)
     # keep hf_xet's logs and caches out of $HOME and out of the measured store
     env.update(HF_HOME=str(scratch / "hf_home"), HF_XET_CACHE=str(scratch / "hf_xet_cache"),
@@ -485,11 +492,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tools", default=",".join(TOOLS), help="comma-separated subset of ingest,hf_xet")
     ap.add_argument("--repeat", type=int, default=1, help="repetitions; times are medians")
     ap.add_argument("--no-borg", action="store_true", help="skip borg's stored bytes")
+    ap.add_argument("--no-tune-malloc", action="store_true",
+                    help="do not call ingest.tune_malloc() in our children (the CLI and daemon do)")
     ap.add_argument("--no-verify", action="store_true", help="do not compare restored files to the input")
     ap.add_argument("--workdir", default=None, help="where corpora and stores go (default: a temp dir)")
     ap.add_argument("--json-out", default=None, help="write the results as JSON to this file")
     ap.add_argument("--from-json", default=None, help="print the tables of an earlier --json-out and exit")
     args = ap.parse_args(argv)
+    global TUNE_MALLOC
+    TUNE_MALLOC = not args.no_tune_malloc
     if args.from_json:
         res = json.loads(pathlib.Path(args.from_json).read_text())
         for c in res["corpora"].values():

@@ -45,6 +45,9 @@ def hwm():
     return 0
 spec = json.loads(sys.argv[1])
 from ingest import Repository
+if spec.get("tune_malloc"):
+    from ingest import tune_malloc       # as `ingest put` and `ingest serve` do: the
+    tune_malloc()                        # retained heap counts against the bound
 try:
     from ingest.sync import new_event_loop
 except ImportError:
@@ -92,8 +95,12 @@ def write_input(path: pathlib.Path, content: str, nbytes: int, seed: int) -> int
     return path.stat().st_size
 
 
+TUNE_MALLOC = True
+
+
 def run_child(spec: dict, interval: float) -> dict:
     import psutil
+    spec = dict(spec, tune_malloc=TUNE_MALLOC)
     proc = subprocess.Popen([sys.executable, "-c", _CHILD, json.dumps(spec)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             cwd=str(HERE.parent.parent))
@@ -123,8 +130,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--interval", type=float, default=0.02, help="psutil sampling interval, seconds")
     ap.add_argument("--workdir", default=None, help="where the file and the store go (default: a temp dir)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-tune-malloc", action="store_true",
+                    help="keep glibc's allocator defaults in the child (the CLI tunes them)")
     ap.add_argument("--json-out", default=None)
     args = ap.parse_args(argv)
+    global TUNE_MALLOC
+    TUNE_MALLOC = not args.no_tune_malloc
     nbytes = int(args.gib * (1 << 30))
     results = {"bytes": nbytes, "limit": LIMIT, "runs": {}}
     failed = False
