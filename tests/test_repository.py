@@ -425,3 +425,28 @@ def test_packs_in_flight_follow_the_kind_of_store(store_url):
             assert repo.store.accepts_parts
             return repo.session().max_packs_in_flight
     assert run(go()) == (4 if "://" in store_url else 2)
+
+
+def test_file_that_grows_past_its_size_hint(tmp_path):
+    """Frames are sized to what a file's stat said is left; a file that grows
+    while it is read (a log being appended to) still comes back whole."""
+    data = rand(3 * MiB, 40) + b"text " * 50_000        # raw and compressible frames
+
+    async def go():
+        async with await Repository.open(tmp_path / "store") as repo:
+            s = repo.session()
+            pos = 0
+
+            async def readinto(out: memoryview) -> int:
+                nonlocal pos
+                n = min(out.nbytes, len(data) - pos, 300_000)
+                out[:n] = data[pos:pos + n]
+                pos += n
+                return n
+            w = await s.write(readinto, size_hint=10_000)
+            r = await s.commit(w, "grown")
+            await s.flush()
+            assert r.size == len(data)
+            assert await repo.read("grown") == data
+            assert (await repo.verify()).ok
+    run(go())
