@@ -36,7 +36,11 @@ def tune_malloc() -> bool:
     if _done:
         return True
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        # libc.so.6 first: find_library runs ldconfig in a subprocess (~15 ms).
+        try:
+            libc = ctypes.CDLL("libc.so.6")
+        except OSError:
+            libc = ctypes.CDLL(ctypes.util.find_library("c"))
         mallopt = libc.mallopt
     except (OSError, AttributeError):
         return False

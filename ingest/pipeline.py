@@ -90,7 +90,7 @@ class _Frame:
         # by chunk cost 0.19 s of reallocation per 256 MiB.  Not zero-filled
         # (bytearray's memset of every frame was the loop thread's largest
         # cost on novel data): every byte up to `fill` is written before use.
-        self.data = memoryview(np.empty(size, np.uint8))
+        self.data = _uninitialized(size)
         self.fill = 0
         self.ids: list[np.ndarray] = []
         self.lengths: list[int] = []
@@ -100,7 +100,7 @@ class _Frame:
         self.placed: asyncio.Future = asyncio.get_running_loop().create_future()
 
     def grow(self, size: int) -> None:
-        data = memoryview(np.empty(max(size, 2 * self.data.nbytes), np.uint8))
+        data = _uninitialized(max(size, 2 * self.data.nbytes))
         data[:self.fill] = self.data[:self.fill]
         self.data = data
 
@@ -192,7 +192,7 @@ class WriteSession:
         self._failed: BaseException | None = None
         # Block buffers outlive sessions: zero-filling three 8 MiB buffers per
         # put_tree call was a fifth of re-ingest time (profile of bench/e2e.py).
-        self._buffers: list[bytearray] = repo.block_buffers
+        self._buffers: list[memoryview] = repo.block_buffers
         self._meta = _MetaWriter(repo.store)
 
     # -- CPU work, in the pool ------------------------------------------------
@@ -317,7 +317,7 @@ class WriteSession:
             # (zero-filling 25 MB per small file was most of a tree's time).
             block = size_hint + 1
             pooled = []
-            free.put_nowait(bytearray(reserve + block))
+            free.put_nowait(_uninitialized(reserve + block))
         else:
             block = self.block_size
             pooled = [self._buffer() for _ in range(READ_AHEAD + 1)]
@@ -488,11 +488,11 @@ class WriteSession:
             size = max(1, min(size, st.size_hint - st.base))
         return _Frame(size)
 
-    def _buffer(self) -> bytearray:
+    def _buffer(self) -> memoryview:
         """A block buffer, reused across files and sessions of the repository."""
         if self._buffers:
             return self._buffers.pop()
-        return bytearray(self.params.max_size + self.block_size)
+        return _uninitialized(self.params.max_size + self.block_size)
 
     async def _read_blocks(self, readinto: ReadInto, free: asyncio.Queue,
                            ready: asyncio.Queue, reserve: int, block: int) -> None:
@@ -623,6 +623,13 @@ def _names(ref: str, data: bytes | None, fid: bytes) -> bool:
         return Ref.decode(ref, data).file_id == fid.hex()
     except IngestError:
         return False
+
+
+def _uninitialized(size: int) -> memoryview:
+    """A writable buffer that is not zero-filled: zero-filling the three 8 MiB
+    block buffers was most of the first file's time in a fresh process (py-spy,
+    64 MiB re-ingest).  Only bytes already read into it are ever used."""
+    return memoryview(np.empty(size, np.uint8))
 
 
 def _consume(fut: asyncio.Future) -> None:

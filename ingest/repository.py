@@ -70,7 +70,7 @@ class Repository:
         self.executor = ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 2,
                                            thread_name_prefix="ingest")
         self._manifests: dict[bytes, Manifest] = {}
-        self.block_buffers: list[bytearray] = []    # reused by write sessions
+        self.block_buffers: list[memoryview] = []   # reused by write sessions
 
     # -- opening -----------------------------------------------------------------
     @classmethod
