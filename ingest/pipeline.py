@@ -113,7 +113,7 @@ class _Written:
     ids: np.ndarray
     locs: np.ndarray           # LOCATION rows; rows of new chunks are filled at commit
     deferred: list             # (chunk no., frame, offset in frame) for new chunks
-    framed: dict               # id(frame) -> [frame, raw bytes of this file in it]
+    frames: list               # frames this file created
     new_chunks: int
     new_bytes: int
 
@@ -124,11 +124,8 @@ class _FileState:
     def __init__(self, size_hint: int | None) -> None:
         self.size_hint = size_hint
         self.frame: _Frame                         # the frame being filled
+        self.frames: list[_Frame] = []             # frames this file created
         self.placing: deque[asyncio.Future] = deque()
-        # Whose frames this file's new chunks go into: its own, or those a
-        # batch of small files shares (one compression per MiB, not per file).
-        self.framer: _FileState = self
-        self.framed: dict[int, list] = {}          # id(frame) -> [frame, raw bytes]
         self.deferred: list[tuple[int, _Frame, int]] = []
         self.ids: list[np.ndarray] = []
         self.locs: list[np.ndarray] = []
@@ -140,7 +137,7 @@ class _FileState:
         ids = np.concatenate(self.ids) if self.ids else np.empty((0, 32), np.uint8)
         locs = np.concatenate(self.locs) if self.locs else np.empty(0, LOCATION)
         size = int(locs["length"].sum(dtype=np.uint64))
-        return _Written(size, sha256, ids, locs, self.deferred, self.framed,
+        return _Written(size, sha256, ids, locs, self.deferred, self.frames,
                         self.new_chunks, self.new_bytes)
 
 
@@ -370,27 +367,18 @@ class WriteSession:
         return st.written(sha.digest())
 
     async def write_scanned(self, data, ends: np.ndarray, ids: np.ndarray,
-                            sha256: bytes, looked=None, framer: "_FileState | None" = None
-                            ) -> _Written:
+                            sha256: bytes, looked=None) -> _Written:
         """The data phase for a whole file already in memory and scanned
-        (`scan_small_file`): one pool hop per small file instead of six.
-        With `framer`, new chunks go into its frames, which the caller
-        drains; a safetensors file keeps frames of its own (their dtype
-        hint must not apply to other files' bytes)."""
+        (`scan_small_file`): one pool hop per small file instead of six."""
         st = _FileState(len(data))
+        st.frame = self._new_frame(st)
         view = memoryview(data)
         st.dtypes = parse_safetensors_header(view)
-        if framer is not None and st.dtypes is None:
-            st.framer = framer
-        else:
-            st.frame = self._new_frame(st)
         try:
             await self._absorb(st, view, ends, ids, looked)
-            if st.framer is st:
-                await self._drain(st)
+            await self._drain(st)
         except BaseException:
-            if st.framer is st:
-                self._abandon(st)
+            self._abandon(st)
             raise
         return st.written(sha256)
 
@@ -402,24 +390,12 @@ class WriteSession:
         index = self.repo.index
         found, locs = index.lookup(np.concatenate([ids for _, _, ids, _ in scans]))
         version = index.version
-        # One frame sequence for the batch: a package tree's ~70 KiB files
-        # were a compression hop and a frame each (and compress better
-        # together, as borg's large runs do).
-        shared = _FileState(sum(len(d) for d, _, _, _ in scans))
-        shared.frame = self._new_frame(shared)
         out, pos = [], 0
-        try:
-            for data, ends, ids, sha in scans:
-                n = len(ends)
-                out.append(await self.write_scanned(
-                    data, ends, ids, sha, (found[pos:pos + n], locs[pos:pos + n], version),
-                    framer=shared))
-                shared.base += len(data)          # sizes the next frames to what is left
-                pos += n
-            await self._drain(shared)
-        except BaseException:
-            self._abandon(shared)
-            raise
+        for data, ends, ids, sha in scans:
+            n = len(ends)
+            out.append(await self.write_scanned(
+                data, ends, ids, sha, (found[pos:pos + n], locs[pos:pos + n], version)))
+            pos += n
         return out
 
     async def _absorb(self, st: "_FileState", view: memoryview, ends: np.ndarray,
@@ -456,8 +432,7 @@ class WriteSession:
                         locs[i] = l1[0]
                         continue
                 if hit is None:
-                    fs = st.framer
-                    frame = fs.frame
+                    frame = st.frame
                     if st.dtypes is not None and not frame.fill:
                         frame.element_size = st.dtypes.element_size(st.base + s)
                     hit = (frame, frame.fill)
@@ -470,14 +445,9 @@ class WriteSession:
                     self._pending[cid] = hit
                     st.new_chunks += 1
                     st.new_bytes += ln
-                    contrib = st.framed.get(id(frame))
-                    if contrib is None:
-                        st.framed[id(frame)] = [frame, ln]
-                    else:
-                        contrib[1] += ln
                     if (frame.fill > self.frame_size - p.max_size
                             or len(frame.lengths) == MAX_FRAME_CHUNKS):
-                        await self._submit_for(fs)
+                        await self._submit_for(st)
                 st.deferred.append((st.nchunks + i, hit[0], hit[1]))
         st.ids.append(ids)
         st.locs.append(locs)
@@ -486,6 +456,7 @@ class WriteSession:
         return tail
 
     async def _submit_for(self, st: "_FileState") -> None:
+        st.frames.append(st.frame)
         st.placing.append(self._submit(st.frame))
         st.frame = self._new_frame(st)
         while st.placing and (st.placing[0].done() or len(st.placing) >= self.max_frames):
@@ -573,9 +544,7 @@ class WriteSession:
         manifest = Manifest.from_locations(w.size, w.sha256, w.ids, locs)
         fid = manifest.file_id
         await self._meta.write(fid, manifest.encode(), ref, w.size, w.sha256)
-        # A frame shared by files of a batch is charged to them by raw bytes.
-        stored = sum(fr.length if nb == fr.raw_len else fr.length * nb // fr.raw_len
-                     for fr, nb in w.framed.values())
+        stored = sum(fr.length for fr in w.frames)
         return IngestResult(ref, fid.hex(), w.size, w.sha256.hex(), len(locs), w.new_chunks,
                             w.new_bytes, w.size - w.new_bytes, stored)
 
