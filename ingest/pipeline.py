@@ -126,6 +126,9 @@ class _FileState:
         self.frame: _Frame                         # the frame being filled
         self.frames: list[_Frame] = []             # frames this file created
         self.placing: deque[asyncio.Future] = deque()
+        # When set, full frames are collected here for _place_many instead of
+        # being placed one by one (a batch of small files).
+        self.collect: list[_Frame] | None = None
         self.deferred: list[tuple[int, _Frame, int]] = []
         self.ids: list[np.ndarray] = []
         self.locs: list[np.ndarray] = []
@@ -286,6 +289,21 @@ class WriteSession:
             raise
         frame.placed.set_result(None)
 
+    async def _place_many(self, frames: list[_Frame]) -> None:
+        """Place frames compressed in one pool call: the frames of a batch
+        of small files, one each, which were one pool hop apiece."""
+        try:
+            coded = await self._run(lambda: [self._compress(f) for f in frames])
+            for frame, (codec, stored) in zip(frames, coded):
+                await self._add_frame(frame, codec, stored)
+                frame.placed.set_result(None)
+        except BaseException as e:
+            for frame in frames:
+                if not frame.placed.done():
+                    frame.placed.set_exception(e)
+                    frame.placed.exception()      # waiters re-raise it
+            raise
+
     def _submit(self, frame: _Frame) -> asyncio.Future:
         # Placed by its own task as soon as it is compressed, so a file that
         # dedups against this frame never waits on this file's reader.
@@ -367,10 +385,13 @@ class WriteSession:
         return st.written(sha.digest())
 
     async def write_scanned(self, data, ends: np.ndarray, ids: np.ndarray,
-                            sha256: bytes, looked=None) -> _Written:
+                            sha256: bytes, looked=None, collect: list | None = None
+                            ) -> _Written:
         """The data phase for a whole file already in memory and scanned
-        (`scan_small_file`): one pool hop per small file instead of six."""
+        (`scan_small_file`): one pool hop per small file instead of six.
+        With `collect`, its frames are left there for the caller to place."""
         st = _FileState(len(data))
+        st.collect = collect
         st.frame = self._new_frame(st)
         view = memoryview(data)
         st.dtypes = parse_safetensors_header(view)
@@ -391,11 +412,24 @@ class WriteSession:
         found, locs = index.lookup(np.concatenate([ids for _, _, ids, _ in scans]))
         version = index.version
         out, pos = [], 0
-        for data, ends, ids, sha in scans:
-            n = len(ends)
-            out.append(await self.write_scanned(
-                data, ends, ids, sha, (found[pos:pos + n], locs[pos:pos + n], version)))
-            pos += n
+        frames: list[_Frame] = []
+        try:
+            for data, ends, ids, sha in scans:
+                n = len(ends)
+                out.append(await self.write_scanned(
+                    data, ends, ids, sha, (found[pos:pos + n], locs[pos:pos + n], version),
+                    collect=frames))
+                pos += n
+                if len(frames) >= self.max_frames:     # bounded like one file's frames
+                    await self._place_many(frames)
+                    frames = []
+        except BaseException:
+            # Other files may already dedup against these frames' chunks.
+            for frame in frames:
+                self._submit(frame).add_done_callback(_consume)
+            raise
+        if frames:
+            await self._place_many(frames)
         return out
 
     async def _absorb(self, st: "_FileState", view: memoryview, ends: np.ndarray,
@@ -457,6 +491,10 @@ class WriteSession:
 
     async def _submit_for(self, st: "_FileState") -> None:
         st.frames.append(st.frame)
+        if st.collect is not None:
+            st.collect.append(st.frame)
+            st.frame = self._new_frame(st)
+            return
         st.placing.append(self._submit(st.frame))
         st.frame = self._new_frame(st)
         while st.placing and (st.placing[0].done() or len(st.placing) >= self.max_frames):
