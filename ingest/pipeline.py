@@ -454,35 +454,52 @@ class WriteSession:
         locs["length"] = lengths
         missing = np.flatnonzero(~found)
         if len(missing):
+            src = np.frombuffer(view, np.uint8)
+            run: list | None = None          # [frame, offset in frame, offset in view, length]
             id_bytes = ids[missing].view("V32").reshape(-1).tolist()
-            for i, cid, s, ln in zip(missing.tolist(), id_bytes, starts[missing].tolist(),
-                                     lengths[missing].tolist()):
-                hit = self._pending.get(cid)
-                if hit is None and index.version != version:
-                    # A pack was indexed (its chunks left _pending) while this
-                    # block waited: look again, or they would be stored twice.
-                    f1, l1 = index.lookup(ids[i:i + 1])
-                    if f1[0]:
-                        locs[i] = l1[0]
-                        continue
-                if hit is None:
-                    frame = st.frame
-                    if st.dtypes is not None and not frame.fill:
-                        frame.element_size = st.dtypes.element_size(st.base + s)
-                    hit = (frame, frame.fill)
-                    if frame.fill + ln > frame.data.nbytes:     # the file grew past its size
-                        frame.grow(frame.fill + ln)
-                    frame.data[frame.fill:frame.fill + ln] = view[s:s + ln]
-                    frame.fill += ln
-                    frame.ids.append(ids[i:i + 1])
-                    frame.lengths.append(ln)
-                    self._pending[cid] = hit
-                    st.new_chunks += 1
-                    st.new_bytes += ln
-                    if (frame.fill > self.frame_size - p.max_size
-                            or len(frame.lengths) == MAX_FRAME_CHUNKS):
-                        await self._submit_for(st)
-                st.deferred.append((st.nchunks + i, hit[0], hit[1]))
+            try:
+                for i, cid, s, ln in zip(missing.tolist(), id_bytes, starts[missing].tolist(),
+                                         lengths[missing].tolist()):
+                    hit = self._pending.get(cid)
+                    if hit is None and index.version != version:
+                        # A pack was indexed (its chunks left _pending) while this
+                        # block waited: look again, or they would be stored twice.
+                        f1, l1 = index.lookup(ids[i:i + 1])
+                        if f1[0]:
+                            locs[i] = l1[0]
+                            continue
+                    if hit is None:
+                        frame = st.frame
+                        if st.dtypes is not None and not frame.fill:
+                            frame.element_size = st.dtypes.element_size(st.base + s)
+                        hit = (frame, frame.fill)
+                        if frame.fill + ln > frame.data.nbytes:     # the file grew past its size
+                            _copy_run(run, src)
+                            run = None
+                            frame.grow(frame.fill + ln)
+                        # Consecutive new chunks are copied as one run, later.
+                        if (run is not None and run[0] is frame and run[2] + run[3] == s
+                                and run[1] + run[3] == frame.fill):
+                            run[3] += ln
+                        else:
+                            _copy_run(run, src)
+                            run = [frame, frame.fill, s, ln]
+                        frame.fill += ln
+                        frame.ids.append(ids[i:i + 1])
+                        frame.lengths.append(ln)
+                        self._pending[cid] = hit
+                        st.new_chunks += 1
+                        st.new_bytes += ln
+                        if (frame.fill > self.frame_size - p.max_size
+                                or len(frame.lengths) == MAX_FRAME_CHUNKS):
+                            _copy_run(run, src)
+                            run = None
+                            await self._submit_for(st)
+                    st.deferred.append((st.nchunks + i, hit[0], hit[1]))
+            finally:
+                # Even on the way out: another file may already dedup
+                # against these chunks, and _abandon still stores the frame.
+                _copy_run(run, src)
         st.ids.append(ids)
         st.locs.append(locs)
         st.nchunks += len(ends)
@@ -661,6 +678,15 @@ def _names(ref: str, data: bytes | None, fid: bytes) -> bool:
         return Ref.decode(ref, data).file_id == fid.hex()
     except IngestError:
         return False
+
+
+def _copy_run(run: list | None, src: np.ndarray) -> None:
+    """Copy a run of new chunks into its frame.  numpy's copy releases the
+    GIL and ran at ~10 GB/s against a memoryview slice assignment's ~3 GB/s
+    with the GIL held (256 MiB copies, a second thread counting beside it)."""
+    if run is not None:
+        frame, dst, s, n = run
+        np.copyto(np.frombuffer(frame.data, np.uint8)[dst:dst + n], src[s:s + n])
 
 
 def _uninitialized(size: int) -> memoryview:
