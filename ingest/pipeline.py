@@ -590,12 +590,20 @@ class WriteSession:
         for pk in packs.values():
             await asyncio.shield(pk.stored)
         locs = w.locs
-        for i, fr, off in w.deferred:
-            row = locs[i]
-            row["pack"] = np.frombuffer(fr.pack.pack_id, dtype="V32")[0]
-            row["frame_offset"], row["frame_length"] = fr.offset, fr.length
-            row["frame_raw"], row["codec"], row["offset"] = fr.raw_len, fr.codec, off
-            locs[i] = row
+        if w.deferred:
+            # Vectorized: one structured-row update per chunk was 5 us each
+            # (py-spy: commit's loop, the top item after the frame copies).
+            n = len(w.deferred)
+            rows = np.fromiter((i for i, _, _ in w.deferred), np.int64, n)
+            frames = {id(fr): fr for _, fr, _ in w.deferred}
+            which = {key: k for k, key in enumerate(frames)}
+            of = np.fromiter((which[id(fr)] for _, fr, _ in w.deferred), np.int64, n)
+            table = np.zeros(len(frames), dtype=LOCATION)
+            for k, fr in enumerate(frames.values()):
+                table[k] = (fr.pack.pack_id, fr.offset, fr.length, fr.raw_len, fr.codec, 0, 0)
+            for col in ("pack", "frame_offset", "frame_length", "frame_raw", "codec"):
+                locs[col][rows] = table[col][of]
+            locs["offset"][rows] = np.fromiter((o for _, _, o in w.deferred), np.uint32, n)
         manifest = Manifest.from_locations(w.size, w.sha256, w.ids, locs)
         fid = manifest.file_id
         await self._meta.write(fid, manifest.encode(), ref, w.size, w.sha256)
