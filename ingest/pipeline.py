@@ -649,7 +649,17 @@ class _MetaWriter:
 
     async def _settle(self, batch) -> None:
         try:
-            await self._write(batch)
+            try:
+                await self._write(batch)
+            except Exception:
+                if len(batch) == 1:
+                    raise
+                # Which files failed?  Each again on its own (every write is
+                # idempotent), so one bad file does not fail the uploads
+                # that share its batch.
+                for one in batch:
+                    await self._settle_one(one)
+                return
         except BaseException as e:
             for _, fut in batch:
                 if not fut.done():
@@ -661,6 +671,18 @@ class _MetaWriter:
                     fut.set_result(None)
         finally:
             self._slots.release()
+
+    async def _settle_one(self, one) -> None:
+        _, fut = one
+        try:
+            await self._write([one])
+        except Exception as e:
+            if not fut.done():
+                fut.set_exception(e)
+                fut.exception()
+        else:
+            if not fut.done():
+                fut.set_result(None)
 
     async def _write(self, batch) -> None:
         items = [item for item, _ in batch]

@@ -13,6 +13,7 @@ from ingest.errors import IngestError, StoreError
 from ingest.stores import open_store
 from ingest.stores.local import LocalStore
 from ingest.stores.retry import RetryStore
+from ingest.pipeline import scan_small_file
 
 
 def run(coro):
@@ -90,5 +91,40 @@ def test_tree_batches_keep_the_write_order(tmp_path):
             again = await repo.put_tree([tree])       # unchanged: refs read, not rewritten
             assert [r.file_id for r in again] == [r.file_id for r in results]
             assert all(r.new_bytes == 0 for r in again)
+            assert (await repo.verify()).ok
+    run(go())
+
+
+class OneBadRef(LocalStore):
+    """Refuses to write one ref: the others of its batch must still land."""
+
+    async def put(self, key, data, *, if_absent=False):
+        if key == "refs/tree/d3/f3.txt":
+            raise IngestError(f"injected failure writing {key}")
+        return await super().put(key, data, if_absent=if_absent)
+
+
+def test_one_failing_ref_fails_only_its_file(tmp_path):
+    tree = tmp_path / "tree"
+    for i in range(20):
+        (tree / f"d{i}").mkdir(parents=True)
+        (tree / f"d{i}" / f"f{i}.txt").write_bytes(b"%d " % i * (100 + i))
+    root = tmp_path / "store"
+
+    async def go():
+        async with await Repository.open(OneBadRef(root)) as repo:
+            s = repo.session()
+            ws = await s.write_scanned_many(
+                [scan_small_file(tree / f"d{i}" / f"f{i}.txt", 1 << 20, s.params)
+                 for i in range(20)])
+            commits = [asyncio.ensure_future(s.commit(w, f"tree/d{i}/f{i}.txt", flush=False))
+                       for i, w in enumerate(ws)]
+            await s.flush()                  # the commits wait for the shared pack
+            got = await asyncio.gather(*commits, return_exceptions=True)
+            failed = [i for i, r in enumerate(got) if isinstance(r, BaseException)]
+            assert failed == [3] and "injected" in str(got[3])
+        async with await Repository.open(root) as repo:
+            names = sorted(r.name for r in await repo.list_refs())
+            assert names == sorted(f"tree/d{i}/f{i}.txt" for i in range(20) if i != 3)
             assert (await repo.verify()).ok
     run(go())
