@@ -43,6 +43,7 @@ log = logging.getLogger("ingest")
 READ_AHEAD = 4           # span requests in flight ahead of the one being returned
 WRITE_BATCH = 8 << 20    # restore writes this much per thread hop
 FILES_IN_FLIGHT = 8      # files of a tree ingested at once
+VERIFY_PACKS = 2         # packs read and checked at once by verify()
 SMALL_FILE = 2 << 20     # read, chunk and hash in one pool hop up to this size
 SMALL_BATCH_FILES = 64   # small files of a tree scanned in one pool hop ...
 SMALL_BATCH_BYTES = 4 << 20   # ... holding at most about this much
@@ -550,22 +551,46 @@ class Repository:
         rep = VerifyReport()
         # pack id -> {(frame offset, frame length, raw length, codec, chunk offset, length, id)}
         chunks_at: dict[bytes, set] = {}
-        async for o in self.store.list(PACK_PREFIX):
-            rep.packs += 1
-            pid = hashing.parse_hex_id(o.key[len(PACK_PREFIX):])
-            if pid is None:
-                rep.problems.append(f"{o.key}: not a pack id")
-                continue
+
+        async def check_pack(key: str, pid: bytes):
             try:
-                data = await self.store.get(o.key)
+                data = await self.store.get(key)
                 good, n = await self._run(_verify_pack, data, pid, f"pack {pid.hex()}")
-                chunks_at[pid] = good
-                rep.chunks += len(good)
-                rep.bytes_checked += n
-                if progress:
-                    progress(len(data))
             except IngestError as e:
-                rep.problems.append(str(e))
+                return str(e)
+            if progress:
+                progress(len(data))
+            return good, n
+
+        # Packs two at a time (a read beside a hash): 512 MiB took 0.93 s one
+        # at a time.  At most VERIFY_PACKS packs are held in memory at once.
+        window: list[tuple[bytes, asyncio.Future]] = []
+
+        def settle(pid: bytes, out) -> None:
+            if isinstance(out, str):
+                rep.problems.append(out)
+                return
+            good, n = out
+            chunks_at[pid] = good
+            rep.chunks += len(good)
+            rep.bytes_checked += n
+
+        try:
+            async for o in self.store.list(PACK_PREFIX):
+                rep.packs += 1
+                pid = hashing.parse_hex_id(o.key[len(PACK_PREFIX):])
+                if pid is None:
+                    rep.problems.append(f"{o.key}: not a pack id")
+                    continue
+                window.append((pid, asyncio.ensure_future(check_pack(o.key, pid))))
+                if len(window) >= VERIFY_PACKS:
+                    pid0, fut = window.pop(0)
+                    settle(pid0, await fut)
+            for pid0, fut in window:
+                settle(pid0, await fut)
+        finally:
+            for _, fut in window:
+                fut.cancel()
         ids_ok: dict[bytes, Manifest] = {}
         async for o in self.store.list(FILES_PREFIX):
             rep.files += 1
