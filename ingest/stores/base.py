@@ -40,6 +40,22 @@ def check_key(key: str) -> str:
     return key
 
 
+def as_parts(data) -> list[memoryview]:
+    """The bytes of a put as byte views: one bytes-like object, or a list or
+    tuple of them (a pack's parts) stored as their concatenation."""
+    return [memoryview(p).cast("B") for p in (data if isinstance(data, (list, tuple)) else (data,))]
+
+
+async def _gather_all(aws) -> list:
+    """Results of all awaitables once every one has ended; then the first
+    error, if any, is raised."""
+    results = await asyncio.gather(*aws, return_exceptions=True)
+    for r in results:
+        if isinstance(r, BaseException):
+            raise r
+    return list(results)
+
+
 class Store(abc.ABC):
     """Async object store.  All methods may raise StoreError."""
 
@@ -65,12 +81,7 @@ class Store(abc.ABC):
         have ended when this returns; the first error is raised after that.
         Stores that can make a batch durable more cheaply than one object at
         a time override this (the local store: one directory sync per batch)."""
-        results = await asyncio.gather(*(self.put(k, d, if_absent=if_absent) for k, d in items),
-                                       return_exceptions=True)
-        for r in results:
-            if isinstance(r, BaseException):
-                raise r
-        return list(results)
+        return await _gather_all(self.put(k, d, if_absent=if_absent) for k, d in items)
 
     @abc.abstractmethod
     async def get(self, key: str, start: int = 0, end: int | None = None) -> bytes:
@@ -85,11 +96,7 @@ class Store(abc.ABC):
                 return await self.get(key)
             except ObjectNotFound:
                 return None
-        results = await asyncio.gather(*(one(k) for k in keys), return_exceptions=True)
-        for r in results:
-            if isinstance(r, BaseException):
-                raise r
-        return list(results)
+        return await _gather_all(one(k) for k in keys)
 
     @abc.abstractmethod
     async def head(self, key: str) -> ObjectInfo | None:

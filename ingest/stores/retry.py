@@ -24,7 +24,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from ..errors import StoreError
-from .base import ObjectInfo, ObjectNotFound, Store
+from .base import ObjectInfo, ObjectNotFound, Store, as_parts
 
 OPERATIONS = ("put", "get", "head", "list", "delete")
 
@@ -223,5 +223,4 @@ class RetryStore(Store):
 
 def _nbytes(data) -> int:
     """Bytes in a put's data: one bytes-like object or a list of parts."""
-    parts = data if isinstance(data, (list, tuple)) else (data,)
-    return sum(memoryview(p).nbytes for p in parts)
+    return sum(v.nbytes for v in as_parts(data))

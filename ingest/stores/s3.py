@@ -36,7 +36,7 @@ from aiobotocore.config import AioConfig
 from aiobotocore.session import AioSession
 
 from ..errors import StoreError
-from .base import ObjectInfo, ObjectNotFound, Store, check_key
+from .base import ObjectInfo, ObjectNotFound, Store, as_parts, check_key
 from .retry import TransientStoreError
 
 PROBE_DIR = ".ingest-probe"      # under the prefix; holds the If-None-Match probe for an instant
@@ -103,9 +103,7 @@ class PartsBody:
     __slots__ = ("views", "size")
 
     def __init__(self, data) -> None:
-        parts = data if isinstance(data, (list, tuple)) else (data,)
-        views = [memoryview(p).cast("B") for p in parts]
-        self.views = [v for v in views if v.nbytes]
+        self.views = [v for v in as_parts(data) if v.nbytes]
         self.size = sum(v.nbytes for v in self.views)
 
     def reader(self) -> "PartsReader":
