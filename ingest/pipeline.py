@@ -265,8 +265,7 @@ class WriteSession:
             pack.stored.set_result(pack_id)
         except BaseException as e:
             self._failed = e
-            pack.stored.set_exception(e)
-            pack.stored.exception()       # mark retrieved; waiters re-raise it
+            _fail(pack.stored, e)
         finally:
             self._pack_slots.release()
 
@@ -284,8 +283,7 @@ class WriteSession:
             codec, stored = await self._run(self._compress, frame)
             await self._add_frame(frame, codec, stored)
         except BaseException as e:
-            frame.placed.set_exception(e)
-            frame.placed.exception()          # waiters re-raise it
+            _fail(frame.placed, e)
             raise
         frame.placed.set_result(None)
 
@@ -299,9 +297,7 @@ class WriteSession:
                 frame.placed.set_result(None)
         except BaseException as e:
             for frame in frames:
-                if not frame.placed.done():
-                    frame.placed.set_exception(e)
-                    frame.placed.exception()      # waiters re-raise it
+                _fail(frame.placed, e)
             raise
 
     def _submit(self, frame: _Frame) -> asyncio.Future:
@@ -616,9 +612,10 @@ class _MetaWriter:
     """Writes the manifests and refs of files committed at about the same
     time as batches: every manifest of a batch is stored, then its refs (the
     write order per file is unchanged).  A tree's files become ready together
-    when the pack they share is stored; one store call per batch instead of
-    three per file halved the metadata cost of a package tree (local store:
-    one thread hop and one directory sync per batch)."""
+    when the pack they share is stored: one store call per batch instead of
+    three per file (local store: one thread hop and one directory sync per
+    batch; with the batched scans, package new-pass user CPU 1.9-2.3 ->
+    1.2-1.5 s)."""
 
     MAX_BATCH = 64
     IN_FLIGHT = 4     # batches written at once: a durable write mostly waits on the disk
@@ -649,38 +646,31 @@ class _MetaWriter:
 
     async def _settle(self, batch) -> None:
         try:
-            try:
-                await self._write(batch)
-            except Exception:
-                if len(batch) == 1:
-                    raise
-                # Which files failed?  Each again on its own (every write is
-                # idempotent), so one bad file does not fail the uploads
-                # that share its batch.
-                for one in batch:
-                    await self._settle_one(one)
-                return
-        except BaseException as e:
-            for _, fut in batch:
-                if not fut.done():
-                    fut.set_exception(e)
-                    fut.exception()           # retrieved by its waiter, if still waiting
-        else:
-            for _, fut in batch:
-                if not fut.done():
-                    fut.set_result(None)
+            await self._resolve(batch)
+        except BaseException:
+            pass                    # every waiter has its outcome
         finally:
             self._slots.release()
 
-    async def _settle_one(self, one) -> None:
-        _, fut = one
+    async def _resolve(self, batch) -> None:
         try:
-            await self._write([one])
-        except Exception as e:
-            if not fut.done():
-                fut.set_exception(e)
-                fut.exception()
-        else:
+            try:
+                await self._write(batch)
+            except Exception as e:
+                if len(batch) == 1:
+                    _fail(batch[0][1], e)
+                    return
+                # Which files failed?  Each again on its own (every write is
+                # idempotent), so one bad file does not fail the uploads that
+                # share its batch.
+                for one in batch:
+                    await self._resolve([one])
+                return
+        except BaseException as e:          # cancelled: whoever is left learns it
+            for _, fut in batch:
+                _fail(fut, e)
+            raise
+        for _, fut in batch:
             if not fut.done():
                 fut.set_result(None)
 
@@ -724,6 +714,15 @@ def _uninitialized(size: int) -> memoryview:
     block buffers was most of the first file's time in a fresh process (py-spy,
     64 MiB re-ingest).  Only bytes already read into it are ever used."""
     return memoryview(np.empty(size, np.uint8))
+
+
+def _fail(fut: asyncio.Future, e: BaseException) -> None:
+    """Fail a future that others await (unless it is settled already),
+    marked retrieved: its waiters re-raise the error, and a future nobody
+    awaits any more is not reported as an unretrieved exception."""
+    if not fut.done():
+        fut.set_exception(e)
+        fut.exception()
 
 
 def _consume(fut: asyncio.Future) -> None:
