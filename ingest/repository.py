@@ -185,13 +185,13 @@ class Repository:
         """Ingest files and directories (recursively).  A file's ref is its
         name; a directory's files get DIRNAME/relative/path, as `cp -r` would
         name them.  Every path is checked before anything is written."""
-        jobs = list(plan_tree(paths))
-        if not jobs:
+        planned = _plan_sized(paths)
+        if not planned:
             return []
         s = self.session()
         slots = asyncio.Semaphore(FILES_IN_FLIGHT)
-        results: list[IngestResult | None] = [None] * len(jobs)
-        writes_left = len(jobs)
+        results: list[IngestResult | None] = [None] * len(planned)
+        writes_left = len(planned)
         written = asyncio.Event()
 
         def wrote(n: int) -> None:
@@ -250,9 +250,8 @@ class Repository:
                     t.cancel()
                 raise
 
-        sizes = await self._run(_sizes, [p for p, _ in jobs])
         tasks = [asyncio.ensure_future(batch(group) if isinstance(group, list) else one(*group))
-                 for group in _group_small(jobs, sizes)]
+                 for group in _group_small(planned)]
         try:
             await written.wait()
             failed = [t for t in tasks if t.done() and not t.cancelled() and t.exception()]
@@ -394,52 +393,43 @@ class Repository:
         complete and verified); returns its size."""
         out = Path(out)
         tmp = out.with_name(f".{out.name}.ingest-tmp")
-        blocks = self.iter_read(name)
-        batch: list = []
-        size = 0
+        batches = _write_batches(self.iter_read(name))
         try:
-            async for block in blocks:
-                batch.append(block)
-                size += len(block)
-                if size >= WRITE_BATCH or len(batch) >= 256:
+            first, second = ([], 0), None
+            async for b in batches:                # the first two batches, if there are two
+                if not first[0]:
+                    first = b
+                else:
+                    second = b
                     break
-            else:
+            if second is None:
                 # The whole file is in hand (most files of a tree): open, write
                 # and rename in one thread hop instead of three.
-                await asyncio.to_thread(_write_file, tmp, out, batch)
-                return size
-        except BaseException:
-            await blocks.aclose()
-            raise
-        try:
-            f = await asyncio.to_thread(open, tmp, "wb")
-        except OSError as e:
-            await blocks.aclose()
-            raise IngestError(f"cannot write {out}: {e.strerror}") from None
-        n = 0
-        try:
-            with f:
-                await asyncio.to_thread(_write_all, f, batch)
-                n, batch, size = size, [], 0
-                async for block in blocks:
-                    batch.append(block)
-                    size += len(block)
-                    if size >= WRITE_BATCH or len(batch) >= 256:
+                await asyncio.to_thread(_write_file, tmp, out, first[0])
+                return first[1]
+            try:
+                f = await asyncio.to_thread(open, tmp, "wb")
+            except OSError as e:
+                raise IngestError(f"cannot write {out}: {e.strerror}") from None
+            n = 0
+            try:
+                with f:
+                    for batch, size in (first, second):
                         await asyncio.to_thread(_write_all, f, batch)
                         n += size
-                        batch, size = [], 0
-                if batch:
-                    await asyncio.to_thread(_write_all, f, batch)
-                    n += size
-            os.replace(tmp, out)
-        except BaseException:
-            await blocks.aclose()
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
-        return n
+                    async for batch, size in batches:
+                        await asyncio.to_thread(_write_all, f, batch)
+                        n += size
+                os.replace(tmp, out)
+            except BaseException:
+                try:
+                    os.unlink(tmp)
+                except OSError:
+                    pass
+                raise
+            return n
+        finally:
+            await batches.aclose()
 
     async def restore_tree(self, prefix: str, out_dir: str | os.PathLike,
                            on_file: Callable[[str, int], None] | None = None) -> list[str]:
@@ -474,10 +464,9 @@ class Repository:
         names: list[str] = []
         # Manifests of 64 files at a time in one read and one decode hop;
         # below the cache's 256, so none is dropped before its file is read.
-        for i in range(0, len(refs), 64):
-            await self._load_manifests([bytes.fromhex(r.file_id) for r in refs[i:i + 64]])
-            names += await asyncio.gather(*(one(r, t) for r, t in
-                                            zip(refs[i:i + 64], targets[i:i + 64])))
+        for refs64, targets64 in zip(_batches(refs, 64), _batches(targets, 64)):
+            await self._load_manifests([bytes.fromhex(r.file_id) for r in refs64])
+            names += await asyncio.gather(*(one(r, t) for r, t in zip(refs64, targets64)))
         return names
 
     async def _load_manifests(self, fids: list[bytes]) -> None:
@@ -750,6 +739,24 @@ def _open_error(path, e: OSError) -> IngestError:
     return IngestError(f"cannot read {path}: {e.strerror}")
 
 
+async def _write_batches(blocks: AsyncIterator) -> AsyncIterator[tuple[list, int]]:
+    """(blocks, bytes) of up to WRITE_BATCH bytes or 256 blocks at a time:
+    one thread hop per batch when writing them out."""
+    batch: list = []
+    size = 0
+    try:
+        async for block in blocks:
+            batch.append(block)
+            size += len(block)
+            if size >= WRITE_BATCH or len(batch) >= 256:
+                yield batch, size
+                batch, size = [], 0
+        if batch:
+            yield batch, size
+    finally:
+        await blocks.aclose()
+
+
 def _write_file(tmp: Path, out: Path, blocks: list) -> None:
     """Write a whole restored file: temporary file, then rename."""
     try:
@@ -810,6 +817,11 @@ def plan_tree(paths: Iterable[str | os.PathLike]) -> Iterable[tuple[Path, str]]:
     """(file, ref) for every regular file under `paths`, checking each path
     exists first.  Symlinks to files are followed; symlinked directories are
     not entered (no loops); sockets, fifos and devices are skipped."""
+    return [(p, ref) for p, ref, _ in _plan_sized(paths)]
+
+
+def _plan_sized(paths: Iterable[str | os.PathLike]) -> list[tuple[Path, str, int]]:
+    """plan_tree with each file's size, from the stat that found it."""
     jobs = []
     for raw in paths:
         p = Path(raw)
@@ -820,7 +832,7 @@ def plan_tree(paths: Iterable[str | os.PathLike]) -> Iterable[tuple[Path, str]]:
         except OSError as e:
             raise IngestError(f"cannot access {raw}: {e.strerror}") from None
         if stat.S_ISREG(st.st_mode):
-            jobs.append((p, p.name))
+            jobs.append((p, p.name, st.st_size))
         elif stat.S_ISDIR(st.st_mode):
             top = p.resolve().name or "root"
             for dirpath, dirnames, filenames in os.walk(p, onerror=_raise):
@@ -828,13 +840,17 @@ def plan_tree(paths: Iterable[str | os.PathLike]) -> Iterable[tuple[Path, str]]:
                 rel = os.path.relpath(dirpath, p)
                 for name in sorted(filenames):
                     fp = Path(dirpath, name)
-                    if not fp.is_file():
+                    try:
+                        fst = fp.stat()             # follows a symlink, as is_file() did
+                    except OSError:
+                        continue
+                    if not stat.S_ISREG(fst.st_mode):
                         continue
                     parts = [top] + ([] if rel == "." else rel.split(os.sep)) + [name]
-                    jobs.append((fp, "/".join(parts)))
+                    jobs.append((fp, "/".join(parts), fst.st_size))
         else:
             raise IngestError(f"not a regular file or directory: {raw}")
-    for _, ref in jobs:
+    for _, ref, _ in jobs:
         check_name(ref)
     return jobs
 
@@ -843,26 +859,14 @@ def _raise(e: OSError):
     raise IngestError(f"cannot read directory {e.filename}: {e.strerror}")
 
 
-def _sizes(paths: list[Path]) -> list[int]:
-    """Sizes of files about to be ingested; -1 where stat fails (the read
-    that follows reports the error)."""
-    out = []
-    for p in paths:
-        try:
-            out.append(os.stat(p).st_size)
-        except OSError:
-            out.append(-1)
-    return out
-
-
-def _group_small(jobs: list[tuple[Path, str]], sizes: list[int]):
+def _group_small(planned: list[tuple[Path, str, int]]):
     """Per job in order: (i, path, ref) for a file streamed on its own, or a
     list of them for a batch of small files (at most SMALL_BATCH_FILES and
     about SMALL_BATCH_BYTES: the memory one slot may hold)."""
     group: list = []
     held = 0
-    for i, ((path, ref), size) in enumerate(zip(jobs, sizes)):
-        if not 0 <= size <= SMALL_FILE:
+    for i, (path, ref, size) in enumerate(planned):
+        if size > SMALL_FILE:
             yield (i, path, ref)
             continue
         if group and (len(group) >= SMALL_BATCH_FILES or held + size > SMALL_BATCH_BYTES):
