@@ -50,7 +50,8 @@ async def cmd_put(args) -> int:
                        "new_bytes": r.new_bytes, "dedup_bytes": r.dedup_bytes,
                        "stored_bytes": r.stored_bytes, "chunks": r.chunks})
 
-        results = await repo.put_tree(args.paths, on_result=on_result, progress=prog.advance)
+        results = await repo.put_tree(args.paths, on_result=on_result, progress=prog.advance,
+                                      sha256=args.sha256)
         prog.close()
     summary = {
         "files": len(results),
@@ -177,6 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("put", parents=[store], help="ingest files and directories")
     p.add_argument("paths", nargs="+", metavar="PATH")
     p.add_argument("--json", action="store_true", help="one JSON object per file, then a summary")
+    p.add_argument("--no-sha256", dest="sha256", action="store_false",
+                   help="do not compute each file's SHA-256 (refs then carry none)")
     p.set_defaults(fn=cmd_put)
 
     p = sub.add_parser("get", parents=[store], help="restore a file, or a tree (NAME ending in /)")

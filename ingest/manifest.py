@@ -7,7 +7,8 @@ Envelope magic b"IGFM", version 1; payload:
             raw length, codec): the segments the file's bytes come from
     chunks  nchunks * CHUNK_ROW  (chunk id, frame index, offset in the raw frame,
             length), in file order
-The key is the file id (hashing.file_id over the chunk rows), so a manifest
+A sha256 of 32 zero bytes means none was computed (an ingest with
+sha256=False).  The key is the file id (hashing.file_id over the chunk rows), so a manifest
 is checked against its own name when read.
 """
 from __future__ import annotations
@@ -26,6 +27,7 @@ from .index import LOCATION
 MAGIC, VERSION = b"IGFM", 1
 PREFIX = "files/"
 HEAD = struct.Struct("<Q32sQII")
+NO_SHA256 = bytes(32)
 FRAME_ROW = np.dtype([("pack", "<u4"), ("offset", "<u8"), ("length", "<u4"),
                       ("raw_len", "<u4"), ("codec", "u1")])
 CHUNK_ROW = np.dtype([("id", "V32"), ("frame", "<u4"), ("offset", "<u4"), ("length", "<u4")])
@@ -38,7 +40,7 @@ def key(file_id: bytes) -> str:
 @dataclass
 class Manifest:
     size: int
-    sha256: bytes
+    sha256: bytes | None       # None: not computed
     packs: list[bytes]
     frames: np.ndarray     # FRAME_ROW
     chunks: np.ndarray     # CHUNK_ROW
@@ -49,7 +51,7 @@ class Manifest:
                                self.chunks["length"].astype(np.uint64))
 
     @classmethod
-    def from_locations(cls, size: int, sha256: bytes, ids: np.ndarray,
+    def from_locations(cls, size: int, sha256: bytes | None, ids: np.ndarray,
                        locs: np.ndarray) -> "Manifest":
         """Build from per-chunk LOCATION rows (in file order)."""
         packs: dict[bytes, int] = {}
@@ -97,7 +99,7 @@ class Manifest:
         return np.cumsum(self.chunks["length"], dtype=np.uint64)
 
     def encode(self) -> bytes:
-        head = HEAD.pack(self.size, self.sha256, len(self.chunks), len(self.frames), len(self.packs))
+        head = HEAD.pack(self.size, self.sha256 or NO_SHA256, len(self.chunks), len(self.frames), len(self.packs))
         return seal(MAGIC, VERSION, b"".join(
             [head, *self.packs, self.frames.tobytes(), self.chunks.tobytes()]))
 
@@ -127,7 +129,7 @@ class Manifest:
                 raise FormatError(f"{what}: chunk lies outside its frame")
         if int(chunks["length"].sum(dtype=np.uint64)) != size:
             raise FormatError(f"{what}: chunk lengths do not add up to the file size {size}")
-        m = cls(size, sha, packs, frames, chunks)
+        m = cls(size, None if sha == NO_SHA256 else sha, packs, frames, chunks)
         if expect_id is not None and m.file_id != expect_id:
             raise IntegrityError(f"{what}: content does not match its file id")
         return m

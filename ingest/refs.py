@@ -2,7 +2,8 @@
 
 A ref name is a relative '/'-separated path (a daemon uses
 "<namespace>/<path>").  Envelope magic b"IGRF", version 1, payload JSON:
-{"file_id": hex, "size": int, "sha256": hex, "time": unix seconds}.
+{"file_id": hex, "size": int, "sha256": hex or null (not computed),
+"time": unix seconds}.
 Refs are the only objects that are overwritten (a new upload under the same
 name); they are written last, so a ref never points at a missing manifest.
 """
@@ -47,7 +48,7 @@ class Ref:
     name: str
     file_id: str
     size: int
-    sha256: str
+    sha256: str | None
     time: float
 
     def encode(self) -> bytes:
@@ -65,14 +66,15 @@ class Ref:
             if (type(size) is not int or not isinstance(t, (int, float)) or isinstance(t, bool)
                     or not math.isfinite(t)):
                 raise ValueError("size must be an integer and time a finite number")
-            ref = cls(name, str(d["file_id"]), size, str(d["sha256"]), float(t))
+            sha = d["sha256"]
+            ref = cls(name, str(d["file_id"]), size, None if sha is None else str(sha), float(t))
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise FormatError(f"{what}: malformed ({e})") from None
-        if (parse_hex_id(ref.file_id) is None or parse_hex_id(ref.sha256) is None
-                or ref.size < 0):
+        if (parse_hex_id(ref.file_id) is None or ref.size < 0
+                or (ref.sha256 is not None and parse_hex_id(ref.sha256) is None)):
             raise FormatError(f"{what}: malformed file id, sha256 or size")
         return ref
 
     @classmethod
-    def new(cls, name: str, file_id: bytes, size: int, sha256: bytes) -> "Ref":
-        return cls(check_name(name), file_id.hex(), size, sha256.hex(), time.time())
+    def new(cls, name: str, file_id: bytes, size: int, sha256: bytes | None) -> "Ref":
+        return cls(check_name(name), file_id.hex(), size, sha256 and sha256.hex(), time.time())

@@ -145,14 +145,18 @@ class Repository:
         return WriteSession(self, **options)
 
     async def put_file(self, path: str | os.PathLike, ref: str | None = None, *,
-                       progress: Callable[[int], None] | None = None) -> IngestResult:
-        s = self.session()
+                       progress: Callable[[int], None] | None = None,
+                       sha256: bool = True) -> IngestResult:
+        """Ingest one file.  Every put_* takes `sha256=False` to skip the
+        file's SHA-256 (the result, manifest and ref then carry none; see
+        WriteSession)."""
+        s = self.session(sha256=sha256)
         try:
             return await self._put_path(s, Path(path), ref, flush=True, progress=progress)
         finally:
             await _quiet_flush(s)
 
-    async def put_bytes(self, data, ref: str | None = None) -> IngestResult:
+    async def put_bytes(self, data, ref: str | None = None, *, sha256: bool = True) -> IngestResult:
         mv = memoryview(data).cast("B")
         pos = 0
 
@@ -163,17 +167,18 @@ class Repository:
             pos += n
             return n
 
-        s = self.session()
+        s = self.session(sha256=sha256)
         try:
             return await s.ingest(readinto, ref)
         finally:
             await _quiet_flush(s)
 
     async def put_stream(self, stream, ref: str | None = None, *,
-                         progress: Callable[[int], None] | None = None) -> IngestResult:
+                         progress: Callable[[int], None] | None = None,
+                         sha256: bool = True) -> IngestResult:
         """Ingest a stream of unknown length: an async iterable of bytes-like
         blocks, an object with `async read(n)`, or a binary file object."""
-        s = self.session()
+        s = self.session(sha256=sha256)
         try:
             return await s.ingest(stream_reader(stream), ref, progress=progress)
         finally:
@@ -181,14 +186,15 @@ class Repository:
 
     async def put_tree(self, paths: Iterable[str | os.PathLike], *,
                        on_result: Callable[[IngestResult], None] | None = None,
-                       progress: Callable[[int], None] | None = None) -> list[IngestResult]:
+                       progress: Callable[[int], None] | None = None,
+                       sha256: bool = True) -> list[IngestResult]:
         """Ingest files and directories (recursively).  A file's ref is its
         name; a directory's files get DIRNAME/relative/path, as `cp -r` would
         name them.  Every path is checked before anything is written."""
         planned = _plan_sized(paths)
         if not planned:
             return []
-        s = self.session()
+        s = self.session(sha256=sha256)
         slots = asyncio.Semaphore(FILES_IN_FLIGHT)
         results: list[IngestResult | None] = [None] * len(planned)
         writes_left = len(planned)
@@ -223,7 +229,7 @@ class Repository:
             try:
                 async with slots:
                     scans = await self._run(scan_small_files, [p for _, p, _ in files],
-                                            SMALL_FILE, s.params)
+                                            SMALL_FILE, s.params, s.sha256)
                     small, grown = [], []
                     for job, sc in zip(files, scans):
                         if isinstance(sc, OSError):
@@ -269,7 +275,7 @@ class Repository:
 
     async def _write_path(self, s: WriteSession, path: Path, progress):
         try:
-            small = await self._run(scan_small_file, path, SMALL_FILE, s.params)
+            small = await self._run(scan_small_file, path, SMALL_FILE, s.params, s.sha256)
         except OSError as e:
             raise _open_error(path, e) from None
         if small is not None:
@@ -618,7 +624,9 @@ class Repository:
             m = ids_ok.get(bytes.fromhex(ref.file_id))
             if m is None:
                 rep.problems.append(f"ref {name}: file {ref.file_id} is missing or damaged")
-            elif m.size != ref.size or m.sha256.hex() != ref.sha256:
+            elif m.size != ref.size or (m.sha256 is not None and ref.sha256 is not None
+                                        and m.sha256.hex() != ref.sha256):
+                # Either may lack a sha256 (ingested with sha256=False).
                 rep.problems.append(f"ref {name}: size or sha256 differs from its manifest")
         async for o in self.store.list(INDEX_PREFIX):
             try:

@@ -68,6 +68,21 @@ def test_put_json_get_tree_round_trip(store_url, tree, tmp_path):
     assert v.stdout.decode().startswith("ok:")
 
 
+def test_put_no_sha256(tmp_path, tree):
+    import hashlib
+    store = tmp_path / "s"
+    files = [json.loads(x) for x in ingest("put", "--json", "--no-sha256", tree,
+                                             store=store).stdout.decode().splitlines()[:-1]]
+    assert len(files) == 4 and all(f["sha256"] is None for f in files)
+    ls = [json.loads(x) for x in ingest("ls", "--json", store=store).stdout.decode().splitlines()]
+    assert all(r["sha256"] is None for r in ls)
+    again = [json.loads(x) for x in ingest("put", "--json", tree,
+                                             store=store).stdout.decode().splitlines()[:-1]]
+    readme = next(f for f in again if f["path"] == "dataset/README.md")
+    assert readme["sha256"] == hashlib.sha256((tree / "README.md").read_bytes()).hexdigest()
+    assert ingest("verify", store=store).stdout.decode().startswith("ok:")
+
+
 def test_put_single_file_ref_is_its_name(tmp_path):
     store = tmp_path / "s"
     f = tmp_path / "model.safetensors"

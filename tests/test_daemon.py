@@ -917,3 +917,24 @@ def test_sigterm_drains_an_upload_then_exits_0(store_url):
     req = [rec for rec in lines if rec.get("event") == "request" and rec["method"] == "PUT"]
     assert req and req[0]["status"] == 201 and req[0]["bytes_in"] == len(head) + len(tail)
     assert req[0]["path"] == "/v1/files/ns/drained" and len(req[0]["request_id"]) == 32
+
+
+def test_file_ingested_without_sha256_is_served_without_digest(serve, store_url):
+    blob = data(300_000, 9)
+
+    async def ingest():
+        async with await Repository.open(store_url) as repo:
+            return await repo.put_bytes(blob, ref="ns/nosha.bin", sha256=False)
+    fid = asyncio.run(ingest()).file_id
+    d = serve()
+
+    async def main():
+        async with aiohttp.ClientSession() as s:
+            async with s.get(d.url + "/v1/files/ns/nosha.bin") as g:
+                assert g.status == 200 and await g.read() == blob
+                assert "Repr-Digest" not in g.headers
+                assert g.headers["X-Ingest-File-Id"] == fid
+            async with s.get(f"{d.url}/v1/reconstruction/{fid}") as g:
+                assert g.status == 200
+                assert (await g.json())["sha256"] is None
+    run(main())

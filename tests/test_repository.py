@@ -450,3 +450,39 @@ def test_file_that_grows_past_its_size_hint(tmp_path):
             assert await repo.read("grown") == data
             assert (await repo.verify()).ok
     run(go())
+
+
+def test_ingest_without_sha256(store_url, tmp_path):
+    """sha256=False: same chunks, file ids and bytes; no SHA-256 anywhere,
+    and a store that mixes both kinds still verifies."""
+    import hashlib
+    big = rand(20 * MiB + 5, 11)            # several blocks: the split BLAKE3 path
+    src = make_tree(tmp_path / "tree")
+
+    async def go():
+        async with await Repository.open(store_url) as repo:
+            a = await repo.put_bytes(big, ref="nosha/big", sha256=False)
+            assert a.sha256 is None
+            assert (await repo.get_ref("nosha/big")).sha256 is None
+            _, m = await repo.resolve("nosha/big")
+            assert m.sha256 is None
+            assert await repo.read("nosha/big") == big
+            b = await repo.put_bytes(big, ref="sha/big")
+            assert b.file_id == a.file_id and b.new_bytes == 0
+            assert b.sha256 == hashlib.sha256(big).hexdigest()
+            results = await repo.put_tree([tmp_path / "tree"], sha256=False)
+            assert results and all(r.sha256 is None for r in results)
+            with_sha = await repo.put_tree([tmp_path / "tree"])
+            assert sorted(r.file_id for r in with_sha) == sorted(r.file_id for r in results)
+            for r in with_sha:
+                rel = r.ref.split("/", 1)[1]
+                assert r.sha256 == hashlib.sha256(src[rel]).hexdigest()
+                # The ref that had none now carries it.
+                assert (await repo.get_ref(r.ref)).sha256 == r.sha256
+            rep = await repo.verify()
+            assert rep.ok, rep.problems
+        # A new process reads the sha-less refs and manifests back.
+        async with await Repository.open(store_url, create=False) as repo:
+            assert (await repo.get_ref("nosha/big")).sha256 is None
+            assert await repo.read(a.file_id, 7, 7 + MiB) == big[7:7 + MiB]
+    run(go())

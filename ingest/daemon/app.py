@@ -655,8 +655,9 @@ class Daemon:
                     last_modified: str | None = None) -> web.StreamResponse:
         etag = f'"{fid.hex()}"'
         headers = {"ETag": etag, "Accept-Ranges": "bytes", "Cache-Control": cache,
-                   "Repr-Digest": "sha-256=:" + base64.b64encode(m.sha256).decode() + ":",
                    "X-Ingest-File-Id": fid.hex()}
+        if m.sha256 is not None:          # None: ingested with sha256=False
+            headers["Repr-Digest"] = "sha-256=:" + base64.b64encode(m.sha256).decode() + ":"
         if last_modified:
             headers["Last-Modified"] = last_modified
         if none_match(request.headers.get("If-None-Match"), etag):

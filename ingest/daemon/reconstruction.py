@@ -50,7 +50,7 @@ def reconstruction(fid: bytes, m: Manifest, start: int, end: int, with_chunks: b
     doc = {
         "file_id": fid.hex(),
         "size": m.size,
-        "sha256": m.sha256.hex(),
+        "sha256": m.sha256 and m.sha256.hex(),
         "start": min(start, end),
         "end": end,
         "packs": [{"id": p.hex(), "key": pack_key(p)} for p in m.packs],
