@@ -12,15 +12,20 @@ local store and runs three phases, each in its own Python process:
   restore  write every file of every version back to a fresh directory
 
 Tools:
-  ingest  our library in the child: Repository.open(STORE), put_tree([VERSION]) per
-          version (new, dup); repo.restore(file_id, PATH) per file, RESTORE_CONCURRENCY
-          files at once (restore).  Computes SHA-256 of every file: extra work that
-          hf_xet is spared below.
-  hf_xet  hf_xet.upload_files(FILES_OF_VERSION, "local://STORE", ..., skip_sha256=True)
+  ingest  our library in the child: Repository.open(STORE), put_tree([VERSION],
+          sha256=S) per version (new, dup); repo.restore(file_id, PATH) per file,
+          RESTORE_CONCURRENCY files at once (restore).
+  hf_xet  hf_xet.upload_files(FILES_OF_VERSION, "local://STORE", ..., skip_sha256=not S)
           per version (new, dup); hf_xet.download_files([PyXetDownloadInfo(PATH, HASH,
           SIZE)...], "local://STORE", ...) for all files in one call (restore).
   borg    (stored bytes only, one run per corpus) `borg create --compression zstd,3`,
           one archive per version, as bench/stored_bytes.py.
+
+Both tools do the same hashing: --sha256 skip (the default; S=False) has
+neither compute the files' SHA-256, as a hub that already holds the
+client's LFS oids runs them (huggingface_hub hands hf_xet the sha256s it
+computed earlier); --sha256 compute has both compute it (S=True, each tool's
+own default).
 
 Time is measured inside the child, around the work only: interpreter start-up
 and imports are excluded; opening the store (our index load, hf_xet's
@@ -109,7 +114,7 @@ def child_ingest_ours(spec: dict) -> dict:
         files = []
         try:
             for batch in spec["batches"]:
-                for r in await repo.put_tree(batch):
+                for r in await repo.put_tree(batch, sha256=spec["sha256"]):
                     files.append({"ref": r.ref, "file_id": r.file_id, "size": r.size,
                                   "new_bytes": r.new_bytes})
         finally:
@@ -168,7 +173,8 @@ def child_ingest_hf_xet(spec: dict) -> dict:
     files = []
     c0, t0 = _cpu(), time.perf_counter()
     for batch in spec["batches"]:
-        infos = hf_xet.upload_files(batch, endpoint, None, None, None, "model", skip_sha256=True)
+        infos = hf_xet.upload_files(batch, endpoint, None, None, None, "model",
+                                    skip_sha256=not spec["sha256"])
         files += [{"path": p, "hash": i.hash, "size": i.file_size} for p, i in zip(batch, infos)]
     seconds, cpu = time.perf_counter() - t0, _cpu() - c0
     return {"seconds": seconds, "cpu_seconds": cpu, "files": files, "rss_base": base}
@@ -209,10 +215,11 @@ class ToolError(RuntimeError):
 
 
 TUNE_MALLOC = True       # --no-tune-malloc: our children keep glibc's defaults
+SHA256 = False           # --sha256 compute: both tools compute every file's SHA-256
 
 
 def run_child(spec: dict, scratch: pathlib.Path) -> dict:
-    spec = dict(spec, tune_malloc=TUNE_MALLOC)
+    spec = dict(spec, tune_malloc=TUNE_MALLOC, sha256=SHA256)
     env = dict(os.environ)
     # keep hf_xet's logs and caches out of $HOME and out of the measured store
     env.update(HF_HOME=str(scratch / "hf_home"), HF_XET_CACHE=str(scratch / "hf_xet_cache"),
@@ -503,13 +510,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-borg", action="store_true", help="skip borg's stored bytes")
     ap.add_argument("--no-tune-malloc", action="store_true",
                     help="do not call ingest.tune_malloc() in our children (the CLI and daemon do)")
+    ap.add_argument("--sha256", choices=("skip", "compute"), default="skip",
+                    help="whether both tools compute every file's SHA-256 (default: neither)")
     ap.add_argument("--no-verify", action="store_true", help="do not compare restored files to the input")
     ap.add_argument("--workdir", default=None, help="where corpora and stores go (default: a temp dir)")
     ap.add_argument("--json-out", default=None, help="write the results as JSON to this file")
     ap.add_argument("--from-json", default=None, help="print the tables of an earlier --json-out and exit")
     args = ap.parse_args(argv)
-    global TUNE_MALLOC
+    global TUNE_MALLOC, SHA256
     TUNE_MALLOC = not args.no_tune_malloc
+    SHA256 = args.sha256 == "compute"
     if args.from_json:
         res = json.loads(pathlib.Path(args.from_json).read_text())
         for c in res["corpora"].values():
@@ -541,12 +551,13 @@ def main(argv: list[str] | None = None) -> int:
         "versions": {"ingest": f"{ver('ingest')} (git {rev}{'+dirty' if dirty else ''})",
                      "hf_xet": ver("hf_xet")},
         "how": {
-            "ingest": "library in a child process: Repository.open + put_tree([version]) per version; "
-                      f"restore: repo.restore(file_id, path), {RESTORE_CONCURRENCY} files at once. "
-                      "Computes SHA-256 of every file (hf_xet does not: skip_sha256=True).",
+            "ingest": f"library in a child process: Repository.open + put_tree([version], "
+                      f"sha256={SHA256}) per version; "
+                      f"restore: repo.restore(file_id, path), {RESTORE_CONCURRENCY} files at once.",
             "hf_xet": 'upload_files(files of version, "local://STORE", None, None, None, "model", '
-                      "skip_sha256=True) per version; restore: download_files(all files, local://STORE) "
-                      "in one call",
+                      f"skip_sha256={not SHA256}) per version; restore: download_files(all files, "
+                      "local://STORE) in one call",
+            "sha256": "both tools compute every file's SHA-256" if SHA256 else "neither tool computes SHA-256",
             "borg": "borg create --compression zstd,3, one archive per version, one run",
             "timing": "inside the child, imports excluded, store open included; median over repeats; "
                       "tools interleaved phase by phase, order flipped each repeat",
@@ -564,7 +575,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(f"scale {args.scale}, repeat {args.repeat}; ingest {results['versions']['ingest']}, "
           f"hf_xet {results['versions']['hf_xet']}; {os.cpu_count()} CPUs")
-    print("note: ours computes SHA-256 of every file; hf_xet runs with skip_sha256=True", flush=True)
+    print("SHA-256 of every file: " + ("both tools compute it" if SHA256 else "neither tool computes it")
+          + " (--sha256)", flush=True)
 
     def log(msg):
         print(msg, flush=True)
