@@ -177,8 +177,7 @@ class WriteSession:
     """`sha256=False`: do not compute files' SHA-256 (results, manifests and
     refs then have none).  A hub that already holds the client's LFS oid, or
     names content only by file id, saves ~0.55 CPU s per GB, a quarter to a
-    third of the ingest's CPU, and one file's chunk ids are then hashed on
-    two threads instead of one."""
+    third of the ingest's CPU."""
 
     def __init__(self, repo, *, max_frames_in_flight: int | None = None,
                  max_packs_in_flight: int | None = None, sha256: bool = True) -> None:
@@ -209,22 +208,6 @@ class WriteSession:
         self._meta = _MetaWriter(repo.store)
 
     # -- CPU work, in the pool ------------------------------------------------
-    def _scan_block(self, view: memoryview, eof: bool, scanned: int):
-        ends, scanned = chunking.find_ends(view, eof, scanned, self.params)
-        return ends, scanned, hashing.chunk_ids(view, ends)
-
-    async def _scan_split(self, view: memoryview, eof: bool, scanned: int):
-        """_scan_block when no SHA-256 occupies the pool's other thread: the
-        chunk ids of the block's two halves are hashed at once (BLAKE3
-        releases the GIL; 3.2 -> 4.7 GB/s on two threads)."""
-        ends, scanned = await self._run(chunking.find_ends, view, eof, scanned, self.params)
-        if len(ends) < 16:
-            return ends, scanned, await self._run(hashing.chunk_ids, view, ends)
-        h = len(ends) // 2
-        a, b = await asyncio.gather(self._run(hashing.chunk_ids, view, ends[:h]),
-                                    self._run(hashing.chunk_ids, view, ends[h:], int(ends[h - 1])))
-        return ends, scanned, np.concatenate((a, b))
-
     def _compress(self, frame: _Frame):
         return Compressor.for_thread(self.level).compress(
             memoryview(frame.data)[:frame.fill], frame.element_size)
@@ -341,9 +324,9 @@ class WriteSession:
         """The data phase: read, chunk, hash, dedup and frame every byte.
 
         A reader task fills a small pool of reused buffers ahead of the
-        scanner; SHA-256 of each block runs in the pool beside chunking and
-        BLAKE3 of the same block (or, without SHA-256, BLAKE3 of the block's
-        halves beside each other), so one file keeps two cores busy.
+        scanner.  Blocks are pipelined: while block k's chunk ids are hashed
+        in the pool, block k+1 is chunked beside it, and SHA-256 of each
+        block runs chained beside both, so one file keeps two cores busy.
         `size_hint` (a file's size) lets a small file use one buffer of its
         own size instead of full blocks."""
         p = self.params
@@ -368,37 +351,44 @@ class WriteSession:
         scanned, eof = 0, False
         sha = hashlib.sha256() if self.sha256 else None
         sha_done: asyncio.Future | None = None
+        # Chunked blocks whose ids are being hashed: (buffer, view, ends, ids, sha done).
+        # At most one waits while the next is chunked; with a single buffer
+        # (a small file) none can wait, or the reader would have no buffer.
+        held = 1 if pooled else 0
+        blocks: deque = deque()
         try:
-            while not eof:
-                item = await ready.get()
-                if isinstance(item, BaseException):
-                    raise item
-                buf, n, eof = item
-                t = len(carry)
-                buf[reserve - t:reserve] = carry
-                mv = memoryview(buf)
-                view = mv[reserve - t:reserve + n]
-                if sha is not None:
-                    # SHA-256 of the new bytes, chained after the previous block's.
-                    sha_done = asyncio.ensure_future(
-                        self._sha_after(sha_done, sha, mv[reserve:reserve + n]))
-                if not st.base and n:
-                    st.dtypes = parse_safetensors_header(view)
-                if sha is None:
-                    ends, scanned, ids = await self._scan_split(view, eof, scanned)
-                else:
-                    ends, scanned, ids = await self._run(self._scan_block, view, eof, scanned)
-                tail = await self._absorb(st, view, ends, ids)
-                if progress and tail:
-                    progress(tail)
-                carry = bytes(view[tail:])        # less than max_size bytes
-                del view
-                if sha_done is not None:
-                    await sha_done                # before the buffer is reused
-                del mv
-                free.put_nowait(buf)
+            while not eof or blocks:
+                if not eof:
+                    item = await ready.get()
+                    if isinstance(item, BaseException):
+                        raise item
+                    buf, n, eof = item
+                    t = len(carry)
+                    buf[reserve - t:reserve] = carry
+                    view = memoryview(buf)[reserve - t:reserve + n]
+                    if sha is not None:
+                        # SHA-256 of the new bytes, chained after the previous block's.
+                        sha_done = asyncio.ensure_future(self._sha_after(sha_done, sha, view[t:]))
+                    if not st.base and not blocks and n:
+                        st.dtypes = parse_safetensors_header(view)
+                    ends, scanned = await self._run(chunking.find_ends, view, eof, scanned, p)
+                    carry = bytes(view[int(ends[-1]) if len(ends) else 0:])   # < max_size bytes
+                    ids = asyncio.ensure_future(self._run(hashing.chunk_ids, view, ends))
+                    blocks.append((buf, view, ends, ids, sha_done))
+                    del view
+                if eof or len(blocks) > held:
+                    buf, view, ends, ids, done = blocks.popleft()
+                    tail = await self._absorb(st, view, ends, await ids)
+                    if progress and tail:
+                        progress(tail)
+                    del view
+                    if done is not None:
+                        await done                # before the buffer is reused
+                    free.put_nowait(buf)
             await self._drain(st)
         except BaseException:
+            for _, _, _, ids, _ in blocks:
+                ids.add_done_callback(_consume)
             if sha_done is not None and not sha_done.done():
                 sha_done.add_done_callback(_consume)
             self._abandon(st)
