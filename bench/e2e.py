@@ -13,8 +13,8 @@ local store and runs three phases, each in its own Python process:
 
 Tools:
   ingest  our library in the child: Repository.open(STORE), put_tree([VERSION],
-          sha256=S) per version (new, dup); repo.restore(file_id, PATH) per file,
-          RESTORE_CONCURRENCY files at once (restore).
+          sha256=S) per version (new, dup); repo.restore_many([(file_id, PATH), ...])
+          for all files in one call (restore).
   hf_xet  hf_xet.upload_files(FILES_OF_VERSION, "local://STORE", ..., skip_sha256=not S)
           per version (new, dup); hf_xet.download_files([PyXetDownloadInfo(PATH, HASH,
           SIZE)...], "local://STORE", ...) for all files in one call (restore).
@@ -65,7 +65,6 @@ sys.path.insert(0, str(HERE))
 
 TOOLS = ("ingest", "hf_xet")
 PHASES = ("new", "dup", "restore")
-RESTORE_CONCURRENCY = 8          # hf_xet's data.max_concurrent_file_downloads default
 # "Done when" targets of the issue: ours/hf_xet for speeds (at least), ours/min(hf_xet, borg)
 # for stored bytes (at most).
 TARGETS = {"new": 2.0, "dup": 1.5, "restore": 2.0}
@@ -143,16 +142,11 @@ def child_restore_ours(spec: dict) -> dict:
     async def go():
         c0, t0 = _cpu(), time.perf_counter()
         repo = await Repository.open(spec["store"], create=False)
-        slots = asyncio.Semaphore(spec["concurrency"])
         dirs = {os.path.dirname(f["out"]) for f in spec["files"]}
-
-        async def one(f):
-            async with slots:
-                return await repo.restore(f["file_id"], f["out"])
         try:
             for d in dirs:
                 os.makedirs(d, exist_ok=True)
-            n = sum(await asyncio.gather(*(one(f) for f in spec["files"])))
+            n = sum(await repo.restore_many([(f["file_id"], f["out"]) for f in spec["files"]]))
         finally:
             await repo.close()
         return time.perf_counter() - t0, _cpu() - c0, n
@@ -304,8 +298,8 @@ def run_phase(tool: str, phase: str, corpus: Corpus, store: pathlib.Path, scratc
             r = by_path[str(f)]
             files.append({"hash": r["hash"], "size": r["size"], "out": str(out_dir / f.relative_to(corpus.root))})
     try:
-        out = run_child({"tool": tool, "kind": "restore", "store": str(store), "files": files,
-                         "concurrency": RESTORE_CONCURRENCY}, scratch)
+        out = run_child({"tool": tool, "kind": "restore", "store": str(store), "files": files},
+                        scratch)
         if verify:
             bad = [str(f) for f in srcs if not same_file(f, out_dir / f.relative_to(corpus.root))]
             if bad:
@@ -553,7 +547,7 @@ def main(argv: list[str] | None = None) -> int:
         "how": {
             "ingest": f"library in a child process: Repository.open + put_tree([version], "
                       f"sha256={SHA256}) per version; "
-                      f"restore: repo.restore(file_id, path), {RESTORE_CONCURRENCY} files at once.",
+                      "restore: repo.restore_many(all (file_id, path)) in one call.",
             "hf_xet": 'upload_files(files of version, "local://STORE", None, None, None, "model", '
                       f"skip_sha256={not SHA256}) per version; restore: download_files(all files, "
                       "local://STORE) in one call",

@@ -10,7 +10,7 @@ import pytest
 
 from ingest import Repository
 from ingest.errors import IngestError, StoreError
-from ingest.stores import open_store
+from ingest.stores import ObjectNotFound, open_store
 from ingest.stores.local import LocalStore
 from ingest.stores.retry import RetryStore
 from ingest.pipeline import scan_small_file
@@ -45,6 +45,50 @@ def test_put_many_and_get_many(store_url):
         finally:
             await store.close()
     run(go())
+
+
+def test_get_ranges(store_url):
+    async def go():
+        store = open_store(store_url)
+        if not isinstance(store, RetryStore):
+            store = RetryStore(store)
+        try:
+            await store.put("packs/p", bytes(range(200)))
+            await store.put("packs/q", b"qqqq")
+            got = await store.get_ranges([("packs/p", 10, 20), ("packs/missing", 0, 5),
+                                          ("packs/q", 1, 3), ("packs/p", 190, 300),
+                                          ("packs/p", 10, 20), ("packs/p", 50, 50)])
+            assert got == [bytes(range(10, 20)), None, b"qq", bytes(range(190, 200)),
+                           bytes(range(10, 20)), b""]
+            assert await store.get_ranges([]) == []
+            assert store.metrics()["get"]["bytes_in"] >= 10 + 2 + 10 + 10
+        finally:
+            await store.close()
+    run(go())
+
+
+def test_local_ranged_reads_see_replaced_and_deleted_objects(tmp_path):
+    """Ranged reads go through kept-open files; another process replacing
+    or deleting the object is still seen at once."""
+    reader, writer = LocalStore(tmp_path / "s"), LocalStore(tmp_path / "s")
+    assert writer._put("packs/p", b"a" * 100, False)
+    assert reader._get("packs/p", 0, 10) == b"a" * 10
+    assert writer._put("packs/p", b"b" * 100, False)           # a new file under the name
+    assert reader._get("packs/p", 0, 10) == b"b" * 10
+    assert reader._get_ranges([("packs/p", 95, 200)]) == [b"b" * 5]
+    writer._delete("packs/p")
+    assert reader._get_ranges([("packs/p", 0, 10)]) == [None]
+    with pytest.raises(ObjectNotFound):
+        reader._get("packs/p", 0, 10)
+    # Many objects: the kept-open files stay bounded and reads stay right.
+    from ingest.stores import local
+    for i in range(local.RANGE_FILES + 10):
+        writer._put(f"packs/{i}", bytes([i % 256]) * 8, False)
+    for i in range(local.RANGE_FILES + 10):
+        assert reader._get(f"packs/{i}", 2, 4) == bytes([i % 256]) * 2
+    assert len(reader._open) == local.RANGE_FILES
+    run(reader.close())
+    assert not reader._open
 
 
 def test_local_put_many_leaves_no_temporary_files(tmp_path):

@@ -98,6 +98,17 @@ class Store(abc.ABC):
                 return None
         return await _gather_all(one(k) for k in keys)
 
+    async def get_ranges(self, ranges: Sequence[tuple[str, int, int]]) -> list[bytes | None]:
+        """get(key, start, end) of each (key, start, end) of a batch (the
+        spans of many small files), None where the object does not exist;
+        the first other error is raised once all have ended."""
+        async def one(key: str, start: int, end: int) -> bytes | None:
+            try:
+                return await self.get(key, start, end)
+            except ObjectNotFound:
+                return None
+        return await _gather_all(one(*r) for r in ranges)
+
     @abc.abstractmethod
     async def head(self, key: str) -> ObjectInfo | None:
         """Size of the object, or None when it does not exist."""

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 import uuid
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -22,6 +24,7 @@ from ..errors import StoreError
 from .base import ObjectInfo, ObjectNotFound, Store, as_parts, check_key
 
 TMP = "%tmp"
+RANGE_FILES = 64      # objects kept open for ranged reads (a restore's packs)
 
 
 def _enc(part: str) -> str:
@@ -51,6 +54,14 @@ class LocalStore(Store):
             (self.root / TMP).mkdir(exist_ok=True)
         except OSError as e:
             raise StoreError(f"cannot write to store directory {self.root}: {e.strerror}") from None
+        # Ranged reads (of packs) go through open files kept here, LRU:
+        # opening the pack again for each span was a fifth of a small-file
+        # restore's thread time (py-spy, package corpus).  key -> [fd, users,
+        # evicted, (dev, inode)]; an evicted file is closed when its last
+        # reader is done.  Each read stats the path first, so an object
+        # replaced or deleted by another process is never read stale.
+        self._open: OrderedDict[str, list] = OrderedDict()
+        self._open_lock = threading.Lock()
 
     def _path(self, key: str) -> Path:
         parts = check_key(key).split("/")
@@ -96,6 +107,7 @@ class LocalStore(Store):
                         pass
                 else:
                     os.replace(tmp, path)
+                    self._forget(key)           # a kept open file holds the old bytes
                     results[i] = True
                 dirs.add(path.parent)
             for d in dirs:
@@ -115,6 +127,8 @@ class LocalStore(Store):
                     pass
 
     def _get(self, key: str, start: int, end: int | None) -> bytes:
+        if end is not None:
+            return self._get_range(key, start, end)
         path = self._path(key)
         try:
             with open(path, "rb") as f:
@@ -128,11 +142,99 @@ class LocalStore(Store):
         except OSError as e:
             raise StoreError(f"cannot read {key}: {e.strerror or e}") from None
 
+    def _get_range(self, key: str, start: int, end: int) -> bytes:
+        """Bytes [start, end) of an object through a kept open file; fewer
+        at the object's end."""
+        entry = self._acquire(key)
+        try:
+            want = max(0, end - start)
+            data = os.pread(entry[0], want, start)
+            if 0 < len(data) < want:            # a short read before the end: read on
+                parts = [data]
+                got = len(data)
+                while got < want:
+                    more = os.pread(entry[0], want - got, start + got)
+                    if not more:
+                        break
+                    parts.append(more)
+                    got += len(more)
+                data = b"".join(parts)
+            return data
+        except OSError as e:
+            raise StoreError(f"cannot read {key}: {e.strerror or e}") from None
+        finally:
+            self._release(entry)
+
+    def _acquire(self, key: str) -> list:
+        path = self._path(key)
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            self._forget(key)
+            raise ObjectNotFound(f"object not found: {key}") from None
+        except OSError as e:
+            raise StoreError(f"cannot read {key}: {e.strerror or e}") from None
+        if _isdir(st):
+            raise ObjectNotFound(f"object not found: {key}")
+        ident = (st.st_dev, st.st_ino)
+        with self._open_lock:
+            entry = self._open.get(key)
+            if entry is not None and entry[3] == ident:
+                self._open.move_to_end(key)
+                entry[1] += 1
+                return entry
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except (FileNotFoundError, IsADirectoryError):
+            raise ObjectNotFound(f"object not found: {key}") from None
+        except OSError as e:
+            raise StoreError(f"cannot read {key}: {e.strerror or e}") from None
+        fst = os.fstat(fd)
+        ident = (fst.st_dev, fst.st_ino)
+        with self._open_lock:
+            entry = self._open.get(key)
+            if entry is not None and entry[3] == ident:    # another reader opened it meanwhile
+                os.close(fd)
+                entry[1] += 1
+                return entry
+            if entry is not None:                         # replaced since it was opened
+                self._evict(self._open.pop(key))
+            entry = self._open[key] = [fd, 1, False, ident]
+            while len(self._open) > RANGE_FILES:
+                self._evict(self._open.popitem(last=False)[1])
+            return entry
+
+    def _release(self, entry: list) -> None:
+        with self._open_lock:
+            entry[1] -= 1
+            if entry[2] and not entry[1]:
+                os.close(entry[0])
+
+    def _evict(self, entry: list) -> None:       # with _open_lock held
+        entry[2] = True
+        if not entry[1]:
+            os.close(entry[0])
+
+    def _forget(self, key: str) -> None:
+        with self._open_lock:
+            entry = self._open.pop(key, None)
+            if entry is not None:
+                self._evict(entry)
+
     def _get_many(self, keys: list[str]) -> list[bytes | None]:
         out = []
         for key in keys:
             try:
                 out.append(self._get(key, 0, None))
+            except ObjectNotFound:
+                out.append(None)
+        return out
+
+    def _get_ranges(self, ranges: list[tuple[str, int, int]]) -> list[bytes | None]:
+        out = []
+        for key, start, end in ranges:
+            try:
+                out.append(self._get_range(key, start, end))
             except ObjectNotFound:
                 out.append(None)
         return out
@@ -167,6 +269,7 @@ class LocalStore(Store):
         return out
 
     def _delete(self, key: str) -> None:
+        self._forget(key)
         try:
             self._path(key).unlink()
         except FileNotFoundError:
@@ -191,6 +294,11 @@ class LocalStore(Store):
             return await super().get_many(keys)
         return await asyncio.to_thread(self._get_many, list(keys))
 
+    async def get_ranges(self, ranges) -> list[bytes | None]:
+        if type(self).get is not LocalStore.get:     # a subclass that changes get() keeps it
+            return await super().get_ranges(ranges)
+        return await asyncio.to_thread(self._get_ranges, list(ranges))
+
     async def head(self, key: str) -> ObjectInfo | None:
         return await asyncio.to_thread(self._head, key)
 
@@ -200,6 +308,13 @@ class LocalStore(Store):
 
     async def delete(self, key: str) -> None:
         await asyncio.to_thread(self._delete, key)
+
+    async def close(self) -> None:
+        with self._open_lock:
+            entries, self._open = list(self._open.values()), OrderedDict()
+            for entry in entries:
+                self._evict(entry)
+        await super().close()
 
 
 def _isdir(st) -> bool:

@@ -156,6 +156,14 @@ class RetryStore(Store):
         self._ops["get"].bytes_in += sum(len(d) for d in found if d is not None)
         return found
 
+    async def get_ranges(self, ranges) -> list[bytes | None]:
+        ranges = list(ranges)
+        if type(self.inner).get_ranges is Store.get_ranges:
+            return await Store.get_ranges(self, ranges)  # each get retried and limited
+        found = await self._call("get", self.inner.get_ranges, ranges)
+        self._ops["get"].bytes_in += sum(len(d) for d in found if d is not None)
+        return found
+
     async def head(self, key: str) -> ObjectInfo | None:
         return await self._call("head", self.inner.head, key)
 
