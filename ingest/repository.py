@@ -385,13 +385,15 @@ class Repository:
         pack = bytes(locs[first]["pack"])
         off = int(locs[first]["frame_offset"])
         stop = int(locs[last]["frame_offset"]) + int(locs[last]["frame_length"])
+        read = self.store.get_range_blocking
+        if read is not None:
+            # A local store: read and decode in one pool hop, not two.
+            return await self._run(_read_decode_span, read, pack, off, stop, locs, ids, runs)
         try:
             buf = await self.store.get(pack_key(pack), off, stop)
         except ObjectNotFound:
             raise IntegrityError(f"missing pack {pack.hex()}") from None
-        if len(buf) != stop - off:
-            raise IntegrityError(f"pack {pack.hex()} is shorter than its frames (truncated)")
-        return await self._run(_decode_span, buf, off, locs, ids, runs, pack.hex())
+        return await self._run(_check_decode_span, buf, off, stop, locs, ids, runs, pack.hex())
 
     async def read(self, name: str, start: int = 0, end: int | None = None) -> bytes:
         return b"".join([b async for b in self.iter_read(name, start, end)])
@@ -759,6 +761,22 @@ def _plan_spans(chunk_frames: np.ndarray, locs: np.ndarray) -> list:
     if cur is not None:
         spans.append(tuple(cur))
     return spans
+
+
+def _read_decode_span(read, pack: bytes, off: int, stop: int, locs: np.ndarray,
+                      ids: np.ndarray, runs: list) -> list:
+    try:
+        buf = read(pack_key(pack), off, stop)
+    except ObjectNotFound:
+        raise IntegrityError(f"missing pack {pack.hex()}") from None
+    return _check_decode_span(buf, off, stop, locs, ids, runs, pack.hex())
+
+
+def _check_decode_span(buf, off: int, stop: int, locs: np.ndarray, ids: np.ndarray,
+                       runs: list, pack_hex: str) -> list:
+    if len(buf) != stop - off:
+        raise IntegrityError(f"pack {pack_hex} is shorter than its frames (truncated)")
+    return _decode_span(buf, off, locs, ids, runs, pack_hex)
 
 
 def _decode_span(buf, base: int, locs: np.ndarray, ids: np.ndarray, runs: list,

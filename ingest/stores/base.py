@@ -67,6 +67,10 @@ class Store(abc.ABC):
     # True for a store on this machine's disks: a write costs no round trip,
     # so fewer requests in flight keep it busy (see WriteSession).
     local: bool = False
+    # A blocking get(key, start, end) that a worker thread may call directly
+    # (the local store's), so a reader does its read and its decoding in
+    # one thread hop; None for stores that need the event loop.
+    get_range_blocking = None
 
     @abc.abstractmethod
     async def put(self, key: str, data, *, if_absent: bool = False) -> bool:
