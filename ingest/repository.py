@@ -13,6 +13,8 @@ import asyncio
 import logging
 import os
 import stat
+import threading
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -49,6 +51,7 @@ SMALL_BATCH_FILES = 64   # small files of a tree scanned in one pool hop ...
 SMALL_BATCH_BYTES = 4 << 20   # ... holding at most about this much
 RESTORE_BATCH = 64            # files whose manifests restore_many reads at once
 RESTORE_BATCH_BYTES = 8 << 20  # small files restored in one pool call, about this much
+FRAME_CACHE_BYTES = 64 << 20   # decoded frames kept for reuse by later reads (FrameCache)
 
 
 @dataclass
@@ -73,6 +76,7 @@ class Repository:
         self.executor = ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 2,
                                            thread_name_prefix="ingest")
         self._manifests: dict[bytes, Manifest] = {}
+        self.frame_cache = FrameCache(FRAME_CACHE_BYTES)
         self.block_buffers: list[memoryview] = []   # reused by write sessions
 
     # -- opening -----------------------------------------------------------------
@@ -388,12 +392,14 @@ class Repository:
         read = self.store.get_range_blocking
         if read is not None:
             # A local store: read and decode in one pool hop, not two.
-            return await self._run(_read_decode_span, read, pack, off, stop, locs, ids, runs)
+            return await self._run(_read_decode_span, read, pack, off, stop, locs, ids, runs,
+                                   self.frame_cache)
         try:
             buf = await self.store.get(pack_key(pack), off, stop)
         except ObjectNotFound:
             raise IntegrityError(f"missing pack {pack.hex()}") from None
-        return await self._run(_check_decode_span, buf, off, stop, locs, ids, runs, pack.hex())
+        return await self._run(_check_decode_span, buf, off, stop, locs, ids, runs, pack.hex(),
+                               self.frame_cache)
 
     async def read(self, name: str, start: int = 0, end: int | None = None) -> bytes:
         return b"".join([b async for b in self.iter_read(name, start, end)])
@@ -560,7 +566,7 @@ class Repository:
             plans.append((i, out, m.size, locs, ids, parts))
         ranges = list(reads)
         bufs = await self.store.get_ranges(ranges)
-        return await self._run(_write_small_files, plans, ranges, bufs)
+        return await self._run(_write_small_files, plans, ranges, bufs, self.frame_cache)
 
     async def _load_manifests(self, fids: list[bytes]) -> dict[bytes, Manifest]:
         """Read and decode the manifests of many files (into the cache too);
@@ -763,38 +769,77 @@ def _plan_spans(chunk_frames: np.ndarray, locs: np.ndarray) -> list:
     return spans
 
 
+class FrameCache:
+    """Decoded frames, least recently used first out, shared by the pool's
+    threads: the files of a restore_many (dataset versions, a fine-tune and
+    its base) mostly reuse the same frames, and decompressing each again
+    per file was most of their restore's decode time.  Holds frames whose
+    checksum passed; their chunks are still checked against their ids on
+    every use."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self._frames: OrderedDict[tuple[str, int], bytes | bytearray] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[str, int]):
+        with self._lock:
+            raw = self._frames.get(key)
+            if raw is not None:
+                self._frames.move_to_end(key)
+            return raw
+
+    def put(self, key: tuple[str, int], raw) -> None:
+        if len(raw) > self.max_bytes:
+            return
+        with self._lock:
+            if key in self._frames:
+                return
+            self._frames[key] = raw
+            self.bytes += len(raw)
+            while self.bytes > self.max_bytes:
+                self.bytes -= len(self._frames.popitem(last=False)[1])
+
+
 def _read_decode_span(read, pack: bytes, off: int, stop: int, locs: np.ndarray,
-                      ids: np.ndarray, runs: list) -> list:
+                      ids: np.ndarray, runs: list, cache: FrameCache | None = None) -> list:
     try:
         buf = read(pack_key(pack), off, stop)
     except ObjectNotFound:
         raise IntegrityError(f"missing pack {pack.hex()}") from None
-    return _check_decode_span(buf, off, stop, locs, ids, runs, pack.hex())
+    return _check_decode_span(buf, off, stop, locs, ids, runs, pack.hex(), cache)
 
 
 def _check_decode_span(buf, off: int, stop: int, locs: np.ndarray, ids: np.ndarray,
-                       runs: list, pack_hex: str) -> list:
+                       runs: list, pack_hex: str, cache: FrameCache | None = None) -> list:
     if len(buf) != stop - off:
         raise IntegrityError(f"pack {pack_hex} is shorter than its frames (truncated)")
-    return _decode_span(buf, off, locs, ids, runs, pack_hex)
+    return _decode_span(buf, off, locs, ids, runs, pack_hex, cache)
 
 
 def _decode_span(buf, base: int, locs: np.ndarray, ids: np.ndarray, runs: list,
-                 pack_hex: str) -> list:
+                 pack_hex: str, cache: FrameCache | None = None) -> list:
     mv = memoryview(buf)
     out = []
     for a, b in runs:
         off = int(locs["frame_offset"][a]) - base
         ln = int(locs["frame_length"][a])
         out.append(_decode_run(mv[off:off + ln], locs[a:b], ids[a:b],
-                               f"pack {pack_hex} frame at {base + off}"))
+                               f"pack {pack_hex} frame at {base + off}", cache,
+                               (pack_hex, base + off)))
     return out
 
 
-def _decode_run(buf, locs: np.ndarray, ids: np.ndarray, what: str) -> bytes:
+def _decode_run(buf, locs: np.ndarray, ids: np.ndarray, what: str,
+                cache: FrameCache | None = None, key: tuple[str, int] | None = None):
     loc = locs[0]
-    stored = check_frame(buf, int(loc["frame_raw"]), int(loc["codec"]), what)
-    raw = decompress(int(loc["codec"]), stored, int(loc["frame_raw"]))
+    raw = cache.get(key) if cache is not None else None
+    if raw is None:
+        stored = check_frame(buf, int(loc["frame_raw"]), int(loc["codec"]), what)
+        raw = decompress(int(loc["codec"]), stored, int(loc["frame_raw"]))
+        if cache is not None:
+            cache.put(key, raw)
     a = int(locs["offset"][0])
     b = int(locs["offset"][-1]) + int(locs["length"][-1])
     mv = memoryview(raw)
@@ -806,7 +851,10 @@ def _decode_run(buf, locs: np.ndarray, ids: np.ndarray, what: str) -> bytes:
         if hashing.chunk_id(mv[off:off + ln]) != cid:
             raise IntegrityError(f"{what}: chunk does not match its id (data is corrupted)")
         pos += ln
-    return raw[a:b] if (a, b) != (0, len(raw)) else raw
+    if (a, b) != (0, len(raw)):
+        return raw[a:b]
+    # The frame itself: read-only, as it may be the cache's.
+    return raw if isinstance(raw, bytes) else memoryview(raw).toreadonly()
 
 
 def _decode_single(raw: bytes, locs, ids, what):
@@ -872,7 +920,8 @@ async def _write_batches(blocks: AsyncIterator) -> AsyncIterator[tuple[list, int
         await blocks.aclose()
 
 
-def _write_small_files(plans: list, ranges: list, bufs: list) -> list[tuple[int, int]]:
+def _write_small_files(plans: list, ranges: list, bufs: list,
+                       cache: FrameCache | None = None) -> list[tuple[int, int]]:
     """Decode, check and write small files from their fetched spans (in a
     pool thread); a file listed twice is decoded once."""
     done: list[tuple[int, int]] = []
@@ -888,7 +937,7 @@ def _write_small_files(plans: list, ranges: list, bufs: list) -> list[tuple[int,
                     raise IntegrityError(f"missing pack {pack_hex}")
                 if len(buf) != stop - start:
                     raise IntegrityError(f"pack {pack_hex} is shorter than its frames (truncated)")
-                blocks += _decode_span(buf, start, locs, ids, runs, pack_hex)
+                blocks += _decode_span(buf, start, locs, ids, runs, pack_hex, cache)
             decoded[id(locs)] = blocks
         _write_file(out.with_name(f".{out.name}.ingest-tmp"), out, blocks)
         done.append((i, size))

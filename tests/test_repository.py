@@ -10,6 +10,7 @@ import pytest
 from ingest import IngestError, IntegrityError, InvalidName, NotFound, Repository, StoreConfig
 from ingest.chunking import ChunkParams
 from ingest.stores.local import LocalStore
+from ingest import repository
 
 MiB = 1 << 20
 
@@ -549,3 +550,44 @@ def _tree(root: Path, files: dict[str, bytes]) -> Path:
     for name, data in files.items():
         (root / name).write_bytes(data)
     return root
+
+
+def test_frame_cache_is_bounded_and_reused(tmp_path):
+    from ingest.repository import FrameCache
+    c = FrameCache(10)
+    c.put(("p", 0), b"aaaa")
+    c.put(("p", 4), b"bbbb")
+    assert c.get(("p", 0)) == b"aaaa"          # now the most recent
+    c.put(("p", 8), b"cccc")                   # over 10 bytes: the least recent goes
+    assert c.get(("p", 4)) is None and c.get(("p", 0)) == b"aaaa" and c.bytes == 8
+    c.put(("p", 12), b"x" * 11)                # larger than the whole cache: not kept
+    assert c.get(("p", 12)) is None and c.bytes == 8
+
+    base = text(3 * MiB, 3)
+    edited = base[:MiB] + b"an edit in the middle\n" + base[MiB:]
+
+    async def go():
+        async with await Repository.open(tmp_path / "s") as repo:
+            await repo.put_bytes(base, ref="v1")
+            await repo.put_bytes(edited, ref="v2")
+            out = tmp_path / "out"
+            out.mkdir()
+            decoded = []
+            real = repository.decompress
+
+            def counting(*a):
+                decoded.append(a[2])
+                return real(*a)
+            repository.decompress = counting
+            try:
+                # One after the other: at once, both could decode a frame
+                # before either had cached it.
+                await repo.restore_many([("v1", out / "v1")])
+                await repo.restore_many([("v2", out / "v2")])
+            finally:
+                repository.decompress = real
+            assert (out / "v1").read_bytes() == base and (out / "v2").read_bytes() == edited
+            # v2's unchanged frames are v1's: decoded once for both files.
+            assert sum(decoded) < len(base) + len(edited) * 0.6
+            assert repo.frame_cache.bytes <= repo.frame_cache.max_bytes
+    run(go())
