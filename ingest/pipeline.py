@@ -123,7 +123,9 @@ class _FileState:
 
     def __init__(self, size_hint: int | None) -> None:
         self.size_hint = size_hint
-        self.frame: _Frame                         # the frame being filled
+        # The frame being filled; made when the first new chunk needs it, so
+        # a file that is all duplicate never allocates one.
+        self.frame: _Frame | None = None
         self.frames: list[_Frame] = []             # frames this file created
         self.placing: deque[asyncio.Future] = deque()
         # When set, full frames are collected here for _place_many instead of
@@ -353,7 +355,7 @@ class WriteSession:
         ready: asyncio.Queue = asyncio.Queue()
         reader = asyncio.ensure_future(self._read_blocks(readinto, free, ready, reserve, block))
         st = _FileState(size_hint)
-        st.frame = self._new_frame(st)
+        st.frame = None                   # made when a first new chunk comes
         carry = b""
         scanned, eof = 0, False
         sha = hashlib.sha256() if self.sha256 else None
@@ -413,7 +415,7 @@ class WriteSession:
         With `collect`, its frames are left there for the caller to place."""
         st = _FileState(len(data))
         st.collect = collect
-        st.frame = self._new_frame(st)
+        st.frame = None
         view = memoryview(data)
         st.dtypes = parse_safetensors_header(view)
         try:
@@ -490,6 +492,8 @@ class WriteSession:
                             locs[i] = l1[0]
                             continue
                     if hit is None:
+                        if st.frame is None:
+                            st.frame = self._new_frame(st)
                         frame = st.frame
                         if st.dtypes is not None and not frame.fill:
                             frame.element_size = st.dtypes.element_size(st.base + s)
@@ -531,15 +535,15 @@ class WriteSession:
         st.frames.append(st.frame)
         if st.collect is not None:
             st.collect.append(st.frame)
-            st.frame = self._new_frame(st)
+            st.frame = None
             return
         st.placing.append(self._submit(st.frame, st.frames[-2].placed if len(st.frames) > 1 else None))
-        st.frame = self._new_frame(st)
+        st.frame = None
         while st.placing and (st.placing[0].done() or len(st.placing) >= self.max_frames):
             await st.placing.popleft()
 
     async def _drain(self, st: "_FileState") -> None:
-        if st.frame.lengths:
+        if st.frame is not None and st.frame.lengths:
             await self._submit_for(st)
         while st.placing:
             await st.placing.popleft()
@@ -547,9 +551,9 @@ class WriteSession:
     def _abandon(self, st: "_FileState") -> None:
         """Failing half way: other files may already dedup against the open
         frame's chunks, so it is still stored (as garbage at worst)."""
-        if st.frame.lengths:
+        if st.frame is not None and st.frame.lengths:
             self._submit(st.frame).add_done_callback(_consume)
-            st.frame = self._new_frame(st)
+            st.frame = None
         for fut in st.placing:
             fut.add_done_callback(_consume)
 
@@ -701,17 +705,20 @@ class _MetaWriter:
 
     async def _write(self, batch) -> None:
         items = [item for item, _ in batch]
-        await self.store.put_many([(manifest_key(fid), m) for fid, m, _, _, _ in items],
-                                  if_absent=True)
+        # Refs first: a ref that already names the same file needs nothing
+        # written, not even its manifest (stored before any ref named it).
+        # Re-ingesting a tree then costs one read per file; the manifests'
+        # existence checks were a quarter of it (py-spy, package dup pass).
         named = [it for it in items if it[2] is not None]
-        if not named:
+        olds = await self.store.get_many([ref_key(ref) for _, _, ref, _, _ in named]) if named else []
+        current = {id(it) for it, old in zip(named, olds) if _names(it[2], old, it[0], it[4])}
+        todo = [it for it in items if id(it) not in current]
+        if not todo:
             return
-        # A ref that already names the same file is left alone: re-ingesting
-        # a tree then costs a read per file instead of a durable write.
-        olds = await self.store.get_many([ref_key(ref) for _, _, ref, _, _ in named])
+        await self.store.put_many(list({manifest_key(fid): m for fid, m, _, _, _ in todo}.items()),
+                                  if_absent=True)
         refs = [(ref_key(ref), Ref.new(ref, fid, size, sha).encode())
-                for (fid, _, ref, size, sha), old in zip(named, olds)
-                if not _names(ref, old, fid, sha)]
+                for fid, _, ref, size, sha in todo if ref is not None]
         if refs:
             await self.store.put_many(refs)
 

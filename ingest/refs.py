@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from dataclasses import asdict, dataclass
 
@@ -21,6 +22,7 @@ from .hashing import parse_hex_id
 MAGIC, VERSION = b"IGRF", 1
 PREFIX = "refs/"
 MAX_NAME_BYTES = 900          # leaves room for the prefix under S3's 1024-byte key limit
+_CONTROL = re.compile("[\x00-\x1f\x7f]")
 
 
 def check_name(name: str) -> str:
@@ -34,8 +36,8 @@ def check_name(name: str) -> str:
     for part in name.split("/"):
         if part in ("", ".", ".."):
             raise InvalidName(f"name has an empty, '.' or '..' component: {name!r}")
-        if any(ord(c) < 32 or ord(c) == 127 for c in part):
-            raise InvalidName(f"name has a control character: {name!r}")
+    if _CONTROL.search(name):
+        raise InvalidName(f"name has a control character: {name!r}")
     return name
 
 
