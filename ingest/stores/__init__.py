@@ -6,6 +6,8 @@ from urllib.parse import unquote, urlparse
 
 from ..errors import StoreError
 from .base import ObjectInfo, ObjectNotFound, Store, check_key
+from .local import LocalStore     # the default: imported here, not on the first open
+
 
 __all__ = ["ObjectInfo", "ObjectNotFound", "Store", "check_key", "open_store"]
 
@@ -29,5 +31,4 @@ def open_store(url: str | os.PathLike, **options) -> Store:
         url = unquote(parsed.path)
     elif "://" in url:
         raise StoreError(f"unsupported store URL {url!r} (use a path, file:// or s3://)")
-    from .local import LocalStore
     return LocalStore(url, **options)
