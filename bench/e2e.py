@@ -27,6 +27,9 @@ client's LFS oids runs them (huggingface_hub hands hf_xet the sha256s it
 computed earlier); --sha256 compute has both compute it (S=True, each tool's
 own default).
 
+Before each child the parent calls sync(), so that no tool pays for the
+write-back of another's (or the corpus generator's) unsynced data.
+
 Time is measured inside the child, around the work only: interpreter start-up
 and imports are excluded; opening the store (our index load, hf_xet's
 session set-up inside its call) is included.  The child's wall time from
@@ -218,6 +221,11 @@ def run_child(spec: dict, scratch: pathlib.Path) -> dict:
     # keep hf_xet's logs and caches out of $HOME and out of the measured store
     env.update(HF_HOME=str(scratch / "hf_home"), HF_XET_CACHE=str(scratch / "hf_xet_cache"),
                HF_HUB_OFFLINE="1", HF_HUB_DISABLE_TELEMETRY="1")
+    # Start every child with no dirty pages: otherwise the previous child's
+    # unsynced writes (hf_xet's store, a restore's files, a corpus just
+    # generated) are written back during this one, costing it CPU, and an
+    # fsync in it (ours, per object) also waits for them (ext4 ordered mode).
+    os.sync()
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, str(pathlib.Path(__file__).resolve()), "--child"],
                           input=json.dumps(spec), capture_output=True, text=True, env=env)
