@@ -363,7 +363,7 @@ class WriteSession:
         # Chunked blocks whose ids are being hashed: (buffer, view, ends, ids, sha done).
         # At most one waits while the next is chunked; with a single buffer
         # (a small file) none can wait, or the reader would have no buffer.
-        held = 1 if pooled else 0
+        held = 1 if len(pooled) > 1 else 0
         blocks: deque = deque()
         try:
             while not eof or blocks:

@@ -91,6 +91,42 @@ def test_local_ranged_reads_see_replaced_and_deleted_objects(tmp_path):
     assert not reader._open
 
 
+def test_local_ranged_reads_from_many_threads_with_eviction(tmp_path, monkeypatch):
+    """Kept-open files are shared and evicted while other threads read:
+    every read still returns its own object's bytes (a file closed under a
+    reader, or a descriptor reused by another open, would not)."""
+    import random
+    import threading
+    from ingest.stores import local
+    monkeypatch.setattr(local, "RANGE_FILES", 3)
+    store = LocalStore(tmp_path / "s")
+    objs = {f"packs/{i}": os.urandom(4096) for i in range(12)}
+    for k, v in objs.items():
+        store._put(k, v, True)
+    errors: list = []
+
+    def reader(seed: int) -> None:
+        rnd = random.Random(seed)
+        try:
+            for _ in range(400):
+                k = rnd.choice(list(objs))
+                a = rnd.randrange(0, 4096)
+                b = rnd.randrange(a, 4097)
+                got = store._get(k, a, b)
+                if got != objs[k][a:b]:
+                    errors.append((k, a, b))
+        except Exception as e:          # noqa: BLE001 - reported below
+            errors.append(e)
+    threads = [threading.Thread(target=reader, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[:3]
+    assert len(store._open) <= 3 and all(e[1] == 0 for e in store._open.values())
+    run(store.close())
+
+
 def test_local_put_many_leaves_no_temporary_files(tmp_path):
     store = LocalStore(tmp_path / "s")
     items = [(f"files/{i:04x}", os.urandom(100)) for i in range(100)]
