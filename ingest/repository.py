@@ -774,32 +774,39 @@ class FrameCache:
     threads: the files of a restore_many (dataset versions, a fine-tune and
     its base) mostly reuse the same frames, and decompressing each again
     per file was most of their restore's decode time.  Holds frames whose
-    checksum passed; their chunks are still checked against their ids on
-    every use."""
+    checksum passed, each with the (offset, length, id) of the chunks found
+    to match their ids in it, which later reads do not hash again (this
+    process decoded and checked those bytes itself; they never leave
+    memory)."""
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
         self.bytes = 0
-        self._frames: OrderedDict[tuple[str, int], bytes | bytearray] = OrderedDict()
+        self._frames: OrderedDict[tuple[str, int], tuple] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, key: tuple[str, int]):
+    def get(self, key: tuple[str, int]) -> tuple | None:
+        """(raw frame, set of checked chunks) or None."""
         with self._lock:
-            raw = self._frames.get(key)
-            if raw is not None:
+            entry = self._frames.get(key)
+            if entry is not None:
                 self._frames.move_to_end(key)
-            return raw
+            return entry
 
-    def put(self, key: tuple[str, int], raw) -> None:
+    def put(self, key: tuple[str, int], raw) -> tuple:
+        """Keep a decoded frame (unless it is larger than the whole cache);
+        returns its entry, to record the chunks checked in it."""
+        entry = (raw, set())
         if len(raw) > self.max_bytes:
-            return
+            return entry
         with self._lock:
             if key in self._frames:
-                return
-            self._frames[key] = raw
+                return self._frames[key]
+            self._frames[key] = entry
             self.bytes += len(raw)
             while self.bytes > self.max_bytes:
-                self.bytes -= len(self._frames.popitem(last=False)[1])
+                self.bytes -= len(self._frames.popitem(last=False)[1][0])
+        return entry
 
 
 def _read_decode_span(read, pack: bytes, off: int, stop: int, locs: np.ndarray,
@@ -834,12 +841,12 @@ def _decode_span(buf, base: int, locs: np.ndarray, ids: np.ndarray, runs: list,
 def _decode_run(buf, locs: np.ndarray, ids: np.ndarray, what: str,
                 cache: FrameCache | None = None, key: tuple[str, int] | None = None):
     loc = locs[0]
-    raw = cache.get(key) if cache is not None else None
-    if raw is None:
+    entry = cache.get(key) if cache is not None else None
+    if entry is None:
         stored = check_frame(buf, int(loc["frame_raw"]), int(loc["codec"]), what)
         raw = decompress(int(loc["codec"]), stored, int(loc["frame_raw"]))
-        if cache is not None:
-            cache.put(key, raw)
+        entry = cache.put(key, raw) if cache is not None else (raw, set())
+    raw, checked = entry
     a = int(locs["offset"][0])
     b = int(locs["offset"][-1]) + int(locs["length"][-1])
     mv = memoryview(raw)
@@ -848,8 +855,11 @@ def _decode_run(buf, locs: np.ndarray, ids: np.ndarray, what: str,
                             ids.view("V32").reshape(-1).tolist()):
         if off != pos:   # chunks of a run are contiguous in the frame, or it is not one run
             return b"".join(_decode_single(raw, locs, ids, what))
-        if hashing.chunk_id(mv[off:off + ln]) != cid:
-            raise IntegrityError(f"{what}: chunk does not match its id (data is corrupted)")
+        c = (off, ln, cid)
+        if c not in checked:
+            if hashing.chunk_id(mv[off:off + ln]) != cid:
+                raise IntegrityError(f"{what}: chunk does not match its id (data is corrupted)")
+            checked.add(c)
         pos += ln
     if (a, b) != (0, len(raw)):
         return raw[a:b]

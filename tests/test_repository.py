@@ -557,11 +557,13 @@ def test_frame_cache_is_bounded_and_reused(tmp_path):
     c = FrameCache(10)
     c.put(("p", 0), b"aaaa")
     c.put(("p", 4), b"bbbb")
-    assert c.get(("p", 0)) == b"aaaa"          # now the most recent
+    assert c.get(("p", 0))[0] == b"aaaa"       # now the most recent
     c.put(("p", 8), b"cccc")                   # over 10 bytes: the least recent goes
-    assert c.get(("p", 4)) is None and c.get(("p", 0)) == b"aaaa" and c.bytes == 8
-    c.put(("p", 12), b"x" * 11)                # larger than the whole cache: not kept
+    assert c.get(("p", 4)) is None and c.get(("p", 0))[0] == b"aaaa" and c.bytes == 8
+    assert c.put(("p", 12), b"x" * 11)[0] == b"x" * 11   # larger than the cache: not kept
     assert c.get(("p", 12)) is None and c.bytes == 8
+    c.get(("p", 0))[1].add((0, 4, b"id"))
+    assert c.put(("p", 0), b"aaaa")[1] == {(0, 4, b"id")}   # the kept entry, as it was
 
     base = text(3 * MiB, 3)
     edited = base[:MiB] + b"an edit in the middle\n" + base[MiB:]
