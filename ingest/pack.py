@@ -101,9 +101,15 @@ class PackBuilder:
         self.chunks.append(rows)
         return index, offset
 
+    def take(self) -> list:
+        """The parts added since the last take() (the header, then frames),
+        to be written now; seal() then returns only what follows them."""
+        parts, self.parts = self.parts, []
+        return parts
+
     def seal(self) -> tuple[bytes, list]:
-        """(pack id, parts to write in order).  Reads back the footer it built
-        before returning, as restic's packer does."""
+        """(pack id, parts to write in order, after any taken before).  Reads
+        back the footer it built before returning, as restic's packer does."""
         frames = np.array(self.frames, dtype=FRAME_ROW)
         chunks = np.concatenate(self.chunks) if self.chunks else np.empty(0, CHUNK_ROW)
         payload = FOOTER_COUNTS.pack(len(frames), len(chunks)) + frames.tobytes() + chunks.tobytes()

@@ -70,8 +70,12 @@ class IngestResult:
 class _Pack:
     """The pack being filled, then uploaded."""
 
-    def __init__(self) -> None:
+    def __init__(self, store) -> None:
         self.builder = PackBuilder()
+        # Frames are written out as they are added (the local store: to the
+        # pack's temporary file), so their memory is reused by later frames.
+        self.out = store.open_put()
+        self.writes: list[asyncio.Future] = []
         self.pack_id: bytes | None = None
         self.stored: asyncio.Future = asyncio.get_running_loop().create_future()
         self.ids: list[np.ndarray] = []       # chunk ids, per frame
@@ -222,7 +226,7 @@ class WriteSession:
         if self._failed:
             raise self._failed
         if self._pack is None:
-            self._pack = _Pack()
+            self._pack = _Pack(self.repo.store)
         pack = self._pack
         ids = np.concatenate(frame.ids) if frame.ids else np.empty((0, 32), np.uint8)
         lengths = np.array(frame.lengths, dtype=np.uint64)
@@ -238,6 +242,7 @@ class WriteSession:
         pack.ids.append(ids)
         pack.locs.append(locs)
         frame.data = None                 # the pack holds what it needs
+        pack.writes.append(asyncio.ensure_future(pack.out.write(pack.builder.take())))
         if pack.builder.size >= self.pack_size:
             await self._seal()
 
@@ -253,13 +258,19 @@ class WriteSession:
 
     async def _store_pack(self, pack: _Pack) -> None:
         try:
-            pack_id, parts = await self._run(pack.builder.seal)
-            pack.pack_id = pack_id
-            store = self.repo.store
-            data = parts if store.accepts_parts else b"".join(parts)
-            pack.builder = None
-            await self.repo.store.put(pack_key(pack_id), data, if_absent=True)
-            del data
+            try:
+                for w in pack.writes:
+                    await w
+                pack_id, tail = await self._run(pack.builder.seal)
+                pack.pack_id = pack_id
+                pack.builder = None
+                await pack.out.write(tail)
+                await pack.out.commit(pack_key(pack_id), if_absent=True)
+            except BaseException:
+                for w in pack.writes:
+                    w.add_done_callback(_consume)
+                await asyncio.shield(pack.out.abort())
+                raise
             ids = np.concatenate(pack.ids)
             locs = np.concatenate(pack.locs)
             locs["pack"] = np.frombuffer(pack_id, dtype="V32")[0]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from pathlib import Path
 
 import pytest
 
@@ -65,6 +66,36 @@ def test_get_ranges(store_url):
         finally:
             await store.close()
     run(go())
+
+
+def test_open_put_streams_parts_and_commits_once(store_url):
+    """A PutStream: parts written over several calls become one object at
+    commit, if-absent like put(); abort stores nothing."""
+    async def go():
+        store = open_store(store_url)
+        try:
+            w = store.open_put()
+            await asyncio.gather(*(w.write([bytes([i]) * 1000, memoryview(b"|")]) for i in range(5)))
+            assert await store.head("packs/s") is None          # nothing visible before commit
+            assert await w.commit("packs/s", if_absent=True)
+            want = b"".join(bytes([i]) * 1000 + b"|" for i in range(5))
+            assert await store.get("packs/s") == want
+            again = store.open_put()
+            await again.write([b"other"])
+            assert not await again.commit("packs/s", if_absent=True)   # present: left alone
+            assert await store.get("packs/s") == want
+            dropped = store.open_put()
+            await dropped.write([b"never"])
+            await dropped.abort()
+            assert await store.head("packs/never") is None
+            empty = store.open_put()
+            assert await empty.commit("packs/empty")
+            assert await store.get("packs/empty") == b""
+        finally:
+            await store.close()
+    run(go())
+    if "://" not in store_url or store_url.startswith("file://"):
+        assert not list((Path(store_url.replace("file://", "")) / "%tmp").iterdir())
 
 
 def test_local_ranged_reads_see_replaced_and_deleted_objects(tmp_path):

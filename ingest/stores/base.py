@@ -56,6 +56,41 @@ async def _gather_all(aws) -> list:
     return list(results)
 
 
+class PutStream:
+    """One object written in parts as they come (a pack being filled), and
+    stored under its key only by commit(): until then no reader sees it."""
+
+    async def write(self, parts: list) -> None:
+        """Append bytes-like parts; calls are applied in the order made."""
+        raise NotImplementedError
+
+    async def commit(self, key: str, *, if_absent: bool = False) -> bool:
+        """Store what was written under `key`, as put() would."""
+        raise NotImplementedError
+
+    async def abort(self) -> None:
+        """Drop what was written; nothing is stored."""
+
+
+class _BufferedPut(PutStream):
+    """The default: parts are kept in memory and put() at commit."""
+
+    def __init__(self, store: "Store") -> None:
+        self._store = store
+        self._parts: list = []
+
+    async def write(self, parts: list) -> None:
+        self._parts.extend(parts)
+
+    async def commit(self, key: str, *, if_absent: bool = False) -> bool:
+        parts, self._parts = self._parts, []
+        data = parts if self._store.accepts_parts else b"".join(parts)
+        return await self._store.put(key, data, if_absent=if_absent)
+
+    async def abort(self) -> None:
+        self._parts = []
+
+
 class Store(abc.ABC):
     """Async object store.  All methods may raise StoreError."""
 
@@ -77,6 +112,12 @@ class Store(abc.ABC):
         """Store `data` (bytes-like) under `key`, atomically: readers see the
         whole object or none.  With if_absent, leave an existing object alone
         and return False; otherwise return True."""
+
+    def open_put(self) -> PutStream:
+        """A PutStream for one object whose bytes arrive over time.  By
+        default they are buffered and put() at commit; the local store
+        writes them to its temporary file as they come."""
+        return _BufferedPut(self)
 
     async def put_many(self, items: Sequence[tuple[str, object]], *,
                        if_absent: bool = False) -> list[bool]:

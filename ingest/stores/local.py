@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from ..errors import StoreError
-from .base import ObjectInfo, ObjectNotFound, Store, as_parts, check_key
+from .base import ObjectInfo, ObjectNotFound, PutStream, Store, as_parts, check_key
 
 TMP = "%tmp"
 RANGE_FILES = 64      # objects kept open for ranged reads (a restore's packs)
@@ -286,6 +286,11 @@ class LocalStore(Store):
     async def put(self, key: str, data, *, if_absent: bool = False) -> bool:
         return await asyncio.to_thread(self._put, key, data, if_absent)
 
+    def open_put(self) -> PutStream:
+        if type(self).put is not LocalStore.put:     # a subclass that changes put() keeps it
+            return super().open_put()
+        return _LocalPut(self)
+
     async def put_many(self, items, *, if_absent: bool = False) -> list[bool]:
         if type(self).put is not LocalStore.put:     # a subclass that changes put() keeps it
             return await super().put_many(items, if_absent=if_absent)
@@ -320,6 +325,80 @@ class LocalStore(Store):
             for entry in entries:
                 self._evict(entry)
         await super().close()
+
+
+class _LocalPut(PutStream):
+    """Parts go to a temporary file as they come (in order, one thread hop
+    each); commit fsyncs it and links or renames it into place, as put()
+    does.  A pack's frames are then on their way to the disk while the pack
+    fills, and their memory is free for the next frames: copying new chunks
+    into fresh memory (first touch: ~0.7 ms per MiB on this VM) and writing
+    the whole 64 MiB pack at the end were a third of a novel file's time."""
+
+    def __init__(self, store: LocalStore) -> None:
+        self._store = store
+        self._tmp: Path | None = None
+        self._fd: int | None = None
+        self._order = asyncio.Lock()
+
+    def _write(self, parts: list) -> None:
+        try:
+            if self._fd is None:
+                self._tmp = self._store.root / TMP / f"{uuid.uuid4().hex}.tmp"
+                self._fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            for view in as_parts(parts):
+                while view:
+                    view = view[os.write(self._fd, view):]
+        except OSError as e:
+            raise StoreError(f"cannot write a new object: {e.strerror or e}") from None
+
+    def _commit(self, key: str, if_absent: bool) -> bool:
+        path = self._store._path(key)
+        if self._fd is None:
+            self._write([])
+        try:
+            os.fsync(self._fd)
+            os.close(self._fd)
+            self._fd = None
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if if_absent:
+                try:
+                    os.link(self._tmp, path)    # fails if present: atomic if-absent
+                except FileExistsError:
+                    return False
+            else:
+                os.replace(self._tmp, path)
+                self._store._forget(key)
+            _fsync_dir(path.parent)
+            return True
+        except OSError as e:
+            raise StoreError(f"cannot write {key}: {e.strerror or e}") from None
+        finally:
+            self._drop()
+
+    def _drop(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        if self._tmp is not None:
+            try:
+                os.unlink(self._tmp)            # linked, or never placed; gone if renamed
+            except OSError:
+                pass
+            self._tmp = None
+
+    async def write(self, parts: list) -> None:
+        async with self._order:
+            await asyncio.to_thread(self._write, parts)
+
+    async def commit(self, key: str, *, if_absent: bool = False) -> bool:
+        check_key(key)
+        async with self._order:
+            return await asyncio.to_thread(self._commit, key, if_absent)
+
+    async def abort(self) -> None:
+        async with self._order:
+            await asyncio.to_thread(self._drop)
 
 
 def _isdir(st) -> bool:
