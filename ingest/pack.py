@@ -74,6 +74,7 @@ class PackBuilder:
     """Accumulates frames in memory and seals them into one pack object."""
 
     def __init__(self) -> None:
+        self.untaken = 0           # bytes added since the last take()
         self.parts: list = [HEADER.pack(PACK_MAGIC, VERSION)]
         self.size = HEADER.size
         self.frames: list[tuple] = []
@@ -91,6 +92,7 @@ class PackBuilder:
         self.parts.append(head)
         self.parts.extend(stored)
         self.size += length
+        self.untaken += length
         self.frames.append((offset, length, raw_len, codec, n, FRAME_HEADER.unpack(head)[5]))
         rows = np.empty(n, dtype=CHUNK_ROW)
         rows["id"] = np.ascontiguousarray(chunk_ids).view("V32").reshape(-1)
@@ -105,6 +107,7 @@ class PackBuilder:
         """The parts added since the last take() (the header, then frames),
         to be written now; seal() then returns only what follows them."""
         parts, self.parts = self.parts, []
+        self.untaken = 0
         return parts
 
     def seal(self) -> tuple[bytes, list]:

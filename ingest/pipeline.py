@@ -41,6 +41,7 @@ from .refs import key as ref_key
 BLOCK_SIZE = 8 << 20
 READ_AHEAD = 2            # blocks read ahead of the one being scanned
 MAX_POOLED_BUFFERS = 12   # idle block buffers kept by a repository (~100 MiB)
+PACK_WRITE = 8 << 20      # a filling pack's frames are handed to the store this much at a time
 PACK_PREFIX = "packs/"
 
 ReadInto = Callable[[memoryview], Awaitable[int]]
@@ -242,7 +243,8 @@ class WriteSession:
         pack.ids.append(ids)
         pack.locs.append(locs)
         frame.data = None                 # the pack holds what it needs
-        pack.writes.append(asyncio.ensure_future(pack.out.write(pack.builder.take())))
+        if pack.builder.untaken >= PACK_WRITE:
+            pack.writes.append(asyncio.ensure_future(pack.out.write(pack.builder.take())))
         if pack.builder.size >= self.pack_size:
             await self._seal()
 
