@@ -149,18 +149,17 @@ class RetryStore(Store):
         return data
 
     async def get_many(self, keys) -> list[bytes | None]:
-        keys = list(keys)
-        if type(self.inner).get_many is Store.get_many:
-            return await Store.get_many(self, keys)     # each get retried and limited
-        found = await self._call("get", self.inner.get_many, keys)
-        self._ops["get"].bytes_in += sum(len(d) for d in found if d is not None)
-        return found
+        return await self._get_batch("get_many", list(keys))
 
     async def get_ranges(self, ranges) -> list[bytes | None]:
-        ranges = list(ranges)
-        if type(self.inner).get_ranges is Store.get_ranges:
-            return await Store.get_ranges(self, ranges)  # each get retried and limited
-        found = await self._call("get", self.inner.get_ranges, ranges)
+        return await self._get_batch("get_ranges", list(ranges))
+
+    async def _get_batch(self, name: str, batch: list) -> list[bytes | None]:
+        """get_many or get_ranges: the inner store's batch call, retried
+        whole, or, if it has none, each get retried and limited."""
+        if getattr(type(self.inner), name) is getattr(Store, name):
+            return await getattr(Store, name)(self, batch)
+        found = await self._call("get", getattr(self.inner, name), batch)
         self._ops["get"].bytes_in += sum(len(d) for d in found if d is not None)
         return found
 
