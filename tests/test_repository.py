@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from ingest import IngestError, IntegrityError, InvalidName, NotFound, Repository, StoreConfig
+from ingest.errors import StoreError
 from ingest.chunking import ChunkParams
 from ingest.stores.local import LocalStore
 from ingest import repository
@@ -593,3 +594,46 @@ def test_frame_cache_is_bounded_and_reused(tmp_path):
             assert sum(decoded) < len(base) + len(edited) * 0.6
             assert repo.frame_cache.bytes <= repo.frame_cache.max_bytes
     run(go())
+
+
+def test_pack_stream_failing_mid_write_loses_nothing(tmp_path, monkeypatch):
+    """The local store writes a filling pack to its temporary file as it
+    goes; a write that fails there (a full disk) fails the ingest, leaves no
+    temporary file and loses nothing stored before."""
+    from ingest.stores import local
+    root = tmp_path / "store"
+    old = rand(3 * MiB, 40)
+    new = rand(24 * MiB, 41)              # several 8 MiB writes of one pack
+
+    async def before():
+        async with await Repository.open(root) as repo:
+            await repo.put_bytes(old, ref="old")
+    run(before())
+    real = local._LocalPut._write
+    calls = []
+
+    def failing(self, parts):
+        calls.append(1)
+        if len(calls) == 2:
+            raise StoreError("cannot write a new object: No space left on device (injected)")
+        return real(self, parts)
+    monkeypatch.setattr(local._LocalPut, "_write", failing)
+
+    async def go():
+        async with await Repository.open(root) as repo:
+            with pytest.raises(IngestError, match="injected"):
+                await repo.put_bytes(new, ref="new")
+    run(go())
+    monkeypatch.setattr(local._LocalPut, "_write", real)
+    assert len(calls) >= 2
+    assert not list((root / "%tmp").iterdir())
+
+    async def after():
+        async with await Repository.open(root) as repo:
+            assert [r.name for r in await repo.list_refs()] == ["old"]
+            assert await repo.read("old") == old
+            rep = await repo.verify()
+            assert rep.ok, rep.problems
+            again = await repo.put_bytes(new, ref="new")     # and the store still takes it
+            assert await repo.read("new") == new and again.size == len(new)
+    run(after())
