@@ -27,6 +27,7 @@ from __future__ import annotations
 import struct
 import threading
 
+import numpy as np
 import zstandard
 
 from . import _bytegroup
@@ -180,9 +181,10 @@ def _unzstd(data, size: int) -> bytes:
     return out
 
 
-def decompress(codec: int, stored, raw_len: int) -> bytes | bytearray:
-    """Inverse of Compressor.compress.  Output is bounded by raw_len; any
-    inconsistency raises IntegrityError."""
+def decompress(codec: int, stored, raw_len: int) -> bytes | memoryview:
+    """Inverse of Compressor.compress: bytes, or a read-only memoryview for
+    a grouped frame.  Output is bounded by raw_len; any inconsistency raises
+    IntegrityError."""
     stored = memoryview(stored).cast("B")
     if codec == RAW:
         if stored.nbytes != raw_len:
@@ -198,7 +200,8 @@ def decompress(codec: int, stored, raw_len: int) -> bytes | bytearray:
     if stored.nbytes < head:
         raise IntegrityError("grouped frame shorter than its plane table")
     lengths = struct.unpack_from(f"<{k}I", stored)
-    grouped = bytearray(raw_len)
+    # Neither buffer is zero-filled: every byte is written before use.
+    grouped = memoryview(np.empty(raw_len, np.uint8))
     pos = head
     for j, ln in enumerate(lengths):
         size = ln & ~COMPRESSED
@@ -210,4 +213,6 @@ def decompress(codec: int, stored, raw_len: int) -> bytes | bytearray:
     if stored.nbytes - pos != raw_len - k * m:
         raise IntegrityError("grouped frame tail has the wrong length")
     grouped[k * m:] = stored[pos:]
-    return _bytegroup.ungroup(grouped, k)
+    out = np.empty(raw_len, np.uint8)
+    _bytegroup.ungroup(grouped, k, out)
+    return memoryview(out).toreadonly()
