@@ -54,9 +54,13 @@ PLANE_PARAMS = zstandard.ZstdCompressionParameters(
 COMPRESSED = 0x8000_0000
 
 
-def group_bytes(data, k: int) -> bytearray:
-    """Byte k-grouping (native); a tail shorter than one element is kept as is."""
-    return _bytegroup.group(memoryview(data).cast("B"), k)
+def group_bytes(data, k: int) -> memoryview:
+    """Byte k-grouping (native); a tail shorter than one element is kept as
+    is.  Into a buffer that is not zero-filled first (one per frame)."""
+    mv = memoryview(data).cast("B")
+    out = np.empty(mv.nbytes, np.uint8)
+    _bytegroup.group(mv, k, out)
+    return memoryview(out)
 
 
 def ungroup_bytes(data, k: int) -> bytearray:
