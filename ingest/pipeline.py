@@ -2,17 +2,20 @@
 
 One `WriteSession` is shared by any number of files ingested together, so new
 chunks of many small files fill the same packs.  Per file, blocks are read
-into one reused buffer; chunking, BLAKE3 and SHA-256 of a block run in the
-thread pool without the GIL; the whole block is looked up in the index at
-once; new chunks are copied into the file's current frame, and full frames are
-compressed in the pool and appended to the session's open pack.
+into reused buffers; chunking, BLAKE3 and SHA-256 of a block run in the
+thread pool without the GIL (block k+1 chunked while block k is hashed); the
+whole block is looked up in the index at once; new chunks are copied into the
+file's current frame, and full frames are compressed in the pool and appended,
+in file order, to the session's open pack, which goes to the store 8 MiB at
+a time as it fills (Store.open_put) and is committed under its id when full.
 
 Write order (the crash-safety rule): a pack is stored, then its index shard;
 a file's manifest only after every pack it uses is stored; its ref last.  A
 crash leaves at most unreferenced packs, never a ref to something missing.
 
-Memory is bounded by configuration: per file in flight one block buffer plus
-`max_frames_in_flight` frames; per session one open pack plus
+Memory is bounded by configuration: per file in flight three block buffers
+plus `max_frames_in_flight` frames; per session the open pack (on the local
+store only its last unwritten 8 MiB; elsewhere all of it) plus
 `max_packs_in_flight` packs being uploaded.
 """
 from __future__ import annotations
@@ -73,8 +76,9 @@ class _Pack:
 
     def __init__(self, store) -> None:
         self.builder = PackBuilder()
-        # Frames are written out as they are added (the local store: to the
-        # pack's temporary file), so their memory is reused by later frames.
+        # Frames are handed to `out` PACK_WRITE bytes at a time as they are
+        # added (the local store writes them to the pack's temporary file),
+        # so their memory is reused by later frames.
         self.out = store.open_put()
         self.writes: list[asyncio.Future] = []
         self.pack_id: bytes | None = None
