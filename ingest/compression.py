@@ -27,11 +27,11 @@ from __future__ import annotations
 import struct
 import threading
 
-import numpy as np
 import zstandard
 
 from . import _bytegroup
 from .errors import IntegrityError
+from .memory import uninitialized
 
 RAW, ZSTD, ZSTD_BG2, ZSTD_BG4 = 0, 1, 2, 4
 MAX_FRAME_RAW = 64 << 20    # parsers refuse frames claiming more (configs allow 16 MiB)
@@ -58,9 +58,9 @@ def group_bytes(data, k: int) -> memoryview:
     """Byte k-grouping (native); a tail shorter than one element is kept as
     is.  Into a buffer that is not zero-filled first (one per frame)."""
     mv = memoryview(data).cast("B")
-    out = np.empty(mv.nbytes, np.uint8)
+    out = uninitialized(mv.nbytes)
     _bytegroup.group(mv, k, out)
-    return memoryview(out)
+    return out
 
 
 def ungroup_bytes(data, k: int) -> bytearray:
@@ -204,8 +204,7 @@ def decompress(codec: int, stored, raw_len: int) -> bytes | memoryview:
     if stored.nbytes < head:
         raise IntegrityError("grouped frame shorter than its plane table")
     lengths = struct.unpack_from(f"<{k}I", stored)
-    # Neither buffer is zero-filled: every byte is written before use.
-    grouped = memoryview(np.empty(raw_len, np.uint8))
+    grouped = uninitialized(raw_len)      # every byte is written before use
     pos = head
     for j, ln in enumerate(lengths):
         size = ln & ~COMPRESSED
@@ -217,6 +216,6 @@ def decompress(codec: int, stored, raw_len: int) -> bytes | memoryview:
     if stored.nbytes - pos != raw_len - k * m:
         raise IntegrityError("grouped frame tail has the wrong length")
     grouped[k * m:] = stored[pos:]
-    out = np.empty(raw_len, np.uint8)
+    out = uninitialized(raw_len)
     _bytegroup.ungroup(grouped, k, out)
-    return memoryview(out).toreadonly()
+    return out.toreadonly()

@@ -20,6 +20,8 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 
+import numpy as np
+
 M_TRIM_THRESHOLD = -1
 M_TOP_PAD = -2
 M_MMAP_THRESHOLD = -3
@@ -28,6 +30,14 @@ TOP_PAD = 64 << 20
 MMAP_THRESHOLD = 16 << 20     # frames, small files, block buffers: from the heap
 
 _done = False
+
+
+def uninitialized(size: int) -> memoryview:
+    """A writable buffer that is not zero-filled, for one that is written in
+    full before it is read (block buffers, frames, byte-grouped planes):
+    zero-filling them was the largest single cost of novel data on the
+    loop thread, and most of a fresh process's first file (py-spy)."""
+    return memoryview(np.empty(size, np.uint8))
 
 
 def tune_malloc() -> bool:

@@ -74,7 +74,7 @@ class PackBuilder:
     """Accumulates frames in memory and seals them into one pack object."""
 
     def __init__(self) -> None:
-        self.untaken = 0           # bytes added since the last take()
+        self._taken = 0            # pack bytes handed out by take() so far
         self.parts: list = [HEADER.pack(PACK_MAGIC, VERSION)]
         self.size = HEADER.size
         self.frames: list[tuple] = []
@@ -92,7 +92,6 @@ class PackBuilder:
         self.parts.append(head)
         self.parts.extend(stored)
         self.size += length
-        self.untaken += length
         self.frames.append((offset, length, raw_len, codec, n, FRAME_HEADER.unpack(head)[5]))
         rows = np.empty(n, dtype=CHUNK_ROW)
         rows["id"] = np.ascontiguousarray(chunk_ids).view("V32").reshape(-1)
@@ -107,8 +106,13 @@ class PackBuilder:
         """The parts added since the last take() (the header, then frames),
         to be written now; seal() then returns only what follows them."""
         parts, self.parts = self.parts, []
-        self.untaken = 0
+        self._taken = self.size
         return parts
+
+    @property
+    def untaken(self) -> int:
+        """Bytes added since the last take()."""
+        return self.size - self._taken
 
     def seal(self) -> tuple[bytes, list]:
         """(pack id, parts to write in order, after any taken before).  Reads

@@ -33,6 +33,7 @@ from . import chunking, hashing
 from .compression import Compressor
 from .index import LOCATION, encode_shard
 from .manifest import Manifest
+from .memory import uninitialized
 from .manifest import key as manifest_key
 from .pack import MAX_FRAME_CHUNKS, PackBuilder
 from .errors import IngestError
@@ -99,7 +100,7 @@ class _Frame:
         # by chunk cost 0.19 s of reallocation per 256 MiB.  Not zero-filled
         # (bytearray's memset of every frame was the loop thread's largest
         # cost on novel data): every byte up to `fill` is written before use.
-        self.data = _uninitialized(size)
+        self.data = uninitialized(size)
         self.fill = 0
         self.ids: list[np.ndarray] = []
         self.lengths: list[int] = []
@@ -109,7 +110,7 @@ class _Frame:
         self.placed: asyncio.Future = asyncio.get_running_loop().create_future()
 
     def grow(self, size: int) -> None:
-        data = _uninitialized(max(size, 2 * self.data.nbytes))
+        data = uninitialized(max(size, 2 * self.data.nbytes))
         data[:self.fill] = self.data[:self.fill]
         self.data = data
 
@@ -363,7 +364,7 @@ class WriteSession:
             # (zero-filling 25 MB per small file was most of a tree's time).
             block = size_hint + 1
             pooled = []
-            free.put_nowait(_uninitialized(reserve + block))
+            free.put_nowait(uninitialized(reserve + block))
         else:
             block = self.block_size
             pooled = [self._buffer() for _ in range(READ_AHEAD + 1)]
@@ -372,7 +373,6 @@ class WriteSession:
         ready: asyncio.Queue = asyncio.Queue()
         reader = asyncio.ensure_future(self._read_blocks(readinto, free, ready, reserve, block))
         st = _FileState(size_hint)
-        st.frame = None                   # made when a first new chunk comes
         carry = b""
         scanned, eof = 0, False
         sha = hashlib.sha256() if self.sha256 else None
@@ -432,7 +432,6 @@ class WriteSession:
         With `collect`, its frames are left there for the caller to place."""
         st = _FileState(len(data))
         st.collect = collect
-        st.frame = None
         view = memoryview(data)
         st.dtypes = parse_safetensors_header(view)
         try:
@@ -589,7 +588,7 @@ class WriteSession:
         """A block buffer, reused across files and sessions of the repository."""
         if self._buffers:
             return self._buffers.pop()
-        return _uninitialized(self.params.max_size + self.block_size)
+        return uninitialized(self.params.max_size + self.block_size)
 
     async def _read_blocks(self, readinto: ReadInto, free: asyncio.Queue,
                            ready: asyncio.Queue, reserve: int, block: int) -> None:
@@ -759,13 +758,6 @@ def _copy_run(run: list | None, src: np.ndarray) -> None:
     if run is not None:
         frame, dst, s, n = run
         np.copyto(np.frombuffer(frame.data, np.uint8)[dst:dst + n], src[s:s + n])
-
-
-def _uninitialized(size: int) -> memoryview:
-    """A writable buffer that is not zero-filled: zero-filling the three 8 MiB
-    block buffers was most of the first file's time in a fresh process (py-spy,
-    64 MiB re-ingest).  Only bytes already read into it are ever used."""
-    return memoryview(np.empty(size, np.uint8))
 
 
 def _fail(fut: asyncio.Future, e: BaseException) -> None:

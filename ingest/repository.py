@@ -397,7 +397,7 @@ class Repository:
         try:
             buf = await self.store.get(pack_key(pack), off, stop)
         except ObjectNotFound:
-            raise IntegrityError(f"missing pack {pack.hex()}") from None
+            buf = None
         return await self._run(_check_decode_span, buf, off, stop, locs, ids, runs, pack.hex(),
                                self.frame_cache)
 
@@ -408,7 +408,7 @@ class Repository:
         """Write a file to `out` (through a temporary file, renamed when
         complete and verified); returns its size."""
         out = Path(out)
-        tmp = out.with_name(f".{out.name}.ingest-tmp")
+        tmp = _tmp_path(out)
         batches = _write_batches(self.iter_read(name))
         try:
             first, second = ([], 0), None
@@ -814,12 +814,15 @@ def _read_decode_span(read, pack: bytes, off: int, stop: int, locs: np.ndarray,
     try:
         buf = read(pack_key(pack), off, stop)
     except ObjectNotFound:
-        raise IntegrityError(f"missing pack {pack.hex()}") from None
+        buf = None
     return _check_decode_span(buf, off, stop, locs, ids, runs, pack.hex(), cache)
 
 
 def _check_decode_span(buf, off: int, stop: int, locs: np.ndarray, ids: np.ndarray,
                        runs: list, pack_hex: str, cache: FrameCache | None = None) -> list:
+    """Decode a span read as pack bytes [off, stop); `buf` None: the pack is missing."""
+    if buf is None:
+        raise IntegrityError(f"missing pack {pack_hex}")
     if len(buf) != stop - off:
         raise IntegrityError(f"pack {pack_hex} is shorter than its frames (truncated)")
     return _decode_span(buf, off, locs, ids, runs, pack_hex, cache)
@@ -861,10 +864,8 @@ def _decode_run(buf, locs: np.ndarray, ids: np.ndarray, what: str,
                 raise IntegrityError(f"{what}: chunk does not match its id (data is corrupted)")
             checked.add(c)
         pos += ln
-    if (a, b) != (0, len(raw)):
-        return raw[a:b]
-    # The frame itself: read-only, as it may be the cache's.
-    return raw if isinstance(raw, bytes) else memoryview(raw).toreadonly()
+    # decompress() gives bytes or a read-only view: the cache's frame is safe to hand out.
+    return raw if (a, b) == (0, len(raw)) else raw[a:b]
 
 
 def _decode_single(raw: bytes, locs, ids, what):
@@ -941,17 +942,17 @@ def _write_small_files(plans: list, ranges: list, bufs: list,
         if blocks is None:
             blocks = []
             for r, runs, pack_hex in parts:
-                buf = bufs[r]
                 _, start, stop = ranges[r]
-                if buf is None:
-                    raise IntegrityError(f"missing pack {pack_hex}")
-                if len(buf) != stop - start:
-                    raise IntegrityError(f"pack {pack_hex} is shorter than its frames (truncated)")
-                blocks += _decode_span(buf, start, locs, ids, runs, pack_hex, cache)
+                blocks += _check_decode_span(bufs[r], start, stop, locs, ids, runs, pack_hex, cache)
             decoded[id(locs)] = blocks
-        _write_file(out.with_name(f".{out.name}.ingest-tmp"), out, blocks)
+        _write_file(_tmp_path(out), out, blocks)
         done.append((i, size))
     return done
+
+
+def _tmp_path(out: Path) -> Path:
+    """Where a restored file is written before it is renamed to `out`."""
+    return out.with_name(f".{out.name}.ingest-tmp")
 
 
 def _write_file(tmp: Path, out: Path, blocks: list) -> None:

@@ -162,7 +162,7 @@ def test_local_put_many_leaves_no_temporary_files(tmp_path):
     store = LocalStore(tmp_path / "s")
     items = [(f"files/{i:04x}", os.urandom(100)) for i in range(100)]
     assert store._put_many(items + items[:3], True) == [True] * 100 + [False] * 3
-    assert store._get_many([k for k, _ in items]) == [d for _, d in items]
+    assert run(store.get_many([k for k, _ in items])) == [d for _, d in items]
     assert not list((tmp_path / "s" / "%tmp").iterdir())
     (tmp_path / "s" / "blocked%").mkdir()          # a directory where the object would go
     with pytest.raises(StoreError, match="cannot write blocked"):

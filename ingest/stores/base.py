@@ -134,20 +134,16 @@ class Store(abc.ABC):
         ObjectNotFound.  A range past the end returns what exists."""
 
     async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
-        """get() of each whole object of a batch, None where it does not
-        exist; the first other error is raised once all have ended."""
-        async def one(key: str) -> bytes | None:
-            try:
-                return await self.get(key)
-            except ObjectNotFound:
-                return None
-        return await _gather_all(one(k) for k in keys)
+        """get() of each whole object of a batch: get_ranges of (key, 0, None)."""
+        return await self.get_ranges([(k, 0, None) for k in keys])
 
-    async def get_ranges(self, ranges: Sequence[tuple[str, int, int]]) -> list[bytes | None]:
+    async def get_ranges(self, ranges: Sequence[tuple[str, int, int | None]]
+                         ) -> list[bytes | None]:
         """get(key, start, end) of each (key, start, end) of a batch (the
-        spans of many small files), None where the object does not exist;
-        the first other error is raised once all have ended."""
-        async def one(key: str, start: int, end: int) -> bytes | None:
+        spans of many small files; end None: the whole object), None where
+        the object does not exist; the first other error is raised once all
+        have ended.  Stores override this one, not get_many."""
+        async def one(key: str, start: int, end: int | None) -> bytes | None:
             try:
                 return await self.get(key, start, end)
             except ObjectNotFound:

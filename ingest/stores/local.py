@@ -71,6 +71,24 @@ class LocalStore(Store):
     def _put(self, key: str, data, if_absent: bool) -> bool:
         return self._put_many([(key, data)], if_absent)[0]
 
+    def _new_tmp(self) -> tuple[Path, int]:
+        """A new temporary file for an object being written, and its fd."""
+        tmp = self.root / TMP / f"{uuid.uuid4().hex}.tmp"
+        return tmp, os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+
+    def _place(self, tmp: Path, path: Path, key: str, if_absent: bool) -> bool:
+        """Put a synced temporary file in place: a hard link for if-absent
+        (it fails if the object is present: atomic), else a rename."""
+        if if_absent:
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                return False
+            return True
+        os.replace(tmp, path)
+        self._forget(key)               # a kept open file holds the old bytes
+        return True
+
     def _put_many(self, items, if_absent: bool) -> list[bool]:
         """put() of each item, in phases over the whole batch: write every
         temporary file, sync them all, link or rename each into place, sync
@@ -85,11 +103,9 @@ class LocalStore(Store):
                 if if_absent and path.exists():
                     continue
                 path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = self.root / TMP / f"{uuid.uuid4().hex}.tmp"
-                staged.append([i, tmp, path, os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)])
-                for view in as_parts(data):
-                    while view:
-                        view = view[os.write(staged[-1][3], view):]
+                tmp, fd = self._new_tmp()
+                staged.append([i, tmp, path, fd])
+                _write_fd(fd, data)
             for st in staged:
                 key = items[st[0]][0]
                 os.fsync(st[3])
@@ -99,16 +115,7 @@ class LocalStore(Store):
                 key = items[i][0]
                 os.close(fd)
                 st[3] = None
-                if if_absent:
-                    try:
-                        os.link(tmp, path)      # fails if present: atomic if-absent
-                        results[i] = True
-                    except FileExistsError:
-                        pass
-                else:
-                    os.replace(tmp, path)
-                    self._forget(key)           # a kept open file holds the old bytes
-                    results[i] = True
+                results[i] = self._place(tmp, path, key, if_absent)
                 dirs.add(path.parent)
             for d in dirs:
                 _fsync_dir(d)
@@ -153,18 +160,15 @@ class LocalStore(Store):
         entry = self._acquire(key)
         try:
             want = max(0, end - start)
-            data = os.pread(entry[0], want, start)
-            if 0 < len(data) < want:            # a short read before the end: read on
-                parts = [data]
-                got = len(data)
-                while got < want:
-                    more = os.pread(entry[0], want - got, start + got)
-                    if not more:
-                        break
-                    parts.append(more)
-                    got += len(more)
-                data = b"".join(parts)
-            return data
+            parts: list[bytes] = []
+            got = 0
+            while got < want:                   # pread may return less before the end
+                more = os.pread(entry[0], want - got, start + got)
+                if not more:
+                    break
+                parts.append(more)
+                got += len(more)
+            return parts[0] if len(parts) == 1 else b"".join(parts)
         except OSError as e:
             raise StoreError(f"cannot read {key}: {e.strerror or e}") from None
         finally:
@@ -226,20 +230,11 @@ class LocalStore(Store):
             if entry is not None:
                 self._evict(entry)
 
-    def _get_many(self, keys: list[str]) -> list[bytes | None]:
-        out = []
-        for key in keys:
-            try:
-                out.append(self._get(key, 0, None))
-            except ObjectNotFound:
-                out.append(None)
-        return out
-
-    def _get_ranges(self, ranges: list[tuple[str, int, int]]) -> list[bytes | None]:
+    def _get_ranges(self, ranges: list[tuple[str, int, int | None]]) -> list[bytes | None]:
         out = []
         for key, start, end in ranges:
             try:
-                out.append(self._get_range(key, start, end))
+                out.append(self._get(key, start, end))
             except ObjectNotFound:
                 out.append(None)
         return out
@@ -299,11 +294,6 @@ class LocalStore(Store):
     async def get(self, key: str, start: int = 0, end: int | None = None) -> bytes:
         return await asyncio.to_thread(self._get, key, start, end)
 
-    async def get_many(self, keys) -> list[bytes | None]:
-        if type(self).get is not LocalStore.get:     # a subclass that changes get() keeps it
-            return await super().get_many(keys)
-        return await asyncio.to_thread(self._get_many, list(keys))
-
     async def get_ranges(self, ranges) -> list[bytes | None]:
         if type(self).get is not LocalStore.get:     # a subclass that changes get() keeps it
             return await super().get_ranges(ranges)
@@ -345,11 +335,8 @@ class _LocalPut(PutStream):
     def _write(self, parts: list) -> None:
         try:
             if self._fd is None:
-                self._tmp = self._store.root / TMP / f"{uuid.uuid4().hex}.tmp"
-                self._fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-            for view in as_parts(parts):
-                while view:
-                    view = view[os.write(self._fd, view):]
+                self._tmp, self._fd = self._store._new_tmp()
+            _write_fd(self._fd, parts)
         except OSError as e:
             raise StoreError(f"cannot write a new object: {e.strerror or e}") from None
 
@@ -362,16 +349,10 @@ class _LocalPut(PutStream):
             os.close(self._fd)
             self._fd = None
             path.parent.mkdir(parents=True, exist_ok=True)
-            if if_absent:
-                try:
-                    os.link(self._tmp, path)    # fails if present: atomic if-absent
-                except FileExistsError:
-                    return False
-            else:
-                os.replace(self._tmp, path)
-                self._store._forget(key)
-            _fsync_dir(path.parent)
-            return True
+            placed = self._store._place(self._tmp, path, key, if_absent)
+            if placed:
+                _fsync_dir(path.parent)
+            return placed
         except OSError as e:
             raise StoreError(f"cannot write {key}: {e.strerror or e}") from None
         finally:
@@ -400,6 +381,13 @@ class _LocalPut(PutStream):
     async def abort(self) -> None:
         async with self._order:
             await asyncio.to_thread(self._drop)
+
+
+def _write_fd(fd: int, data) -> None:
+    """Write all of a put's data (one buffer or a list of parts) to fd."""
+    for view in as_parts(data):
+        while view:
+            view = view[os.write(fd, view):]
 
 
 def _isdir(st) -> bool:

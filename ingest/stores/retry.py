@@ -148,18 +148,13 @@ class RetryStore(Store):
         self._ops["get"].bytes_in += len(data)
         return data
 
-    async def get_many(self, keys) -> list[bytes | None]:
-        return await self._get_batch("get_many", list(keys))
-
     async def get_ranges(self, ranges) -> list[bytes | None]:
-        return await self._get_batch("get_ranges", list(ranges))
-
-    async def _get_batch(self, name: str, batch: list) -> list[bytes | None]:
-        """get_many or get_ranges: the inner store's batch call, retried
-        whole, or, if it has none, each get retried and limited."""
-        if getattr(type(self.inner), name) is getattr(Store, name):
-            return await getattr(Store, name)(self, batch)
-        found = await self._call("get", getattr(self.inner, name), batch)
+        """The inner store's batch call, retried whole, or, if it has none,
+        each get retried and limited (get_many comes here too)."""
+        ranges = list(ranges)
+        if type(self.inner).get_ranges is Store.get_ranges:
+            return await Store.get_ranges(self, ranges)
+        found = await self._call("get", self.inner.get_ranges, ranges)
         self._ops["get"].bytes_in += sum(len(d) for d in found if d is not None)
         return found
 
