@@ -12,6 +12,7 @@ import pytest
 from ingest import Repository
 from ingest.errors import IngestError, StoreError
 from ingest.stores import ObjectNotFound, open_store
+from ingest.stores import local as local_mod
 from ingest.stores.local import LocalStore
 from ingest.stores.retry import RetryStore
 from ingest.pipeline import scan_small_file
@@ -167,6 +168,64 @@ def test_local_put_many_leaves_no_temporary_files(tmp_path):
     (tmp_path / "s" / "blocked%").mkdir()          # a directory where the object would go
     with pytest.raises(StoreError, match="cannot write blocked"):
         store._put_many([("files/new", b"x"), ("blocked", b"y")], False)
+    assert not list((tmp_path / "s" / "%tmp").iterdir())
+
+
+@pytest.mark.skipif(local_mod._syncfs is None, reason="syncfs(2) is Linux-only")
+def test_local_batch_sync_syncs_the_file_system_not_each_object(tmp_path, monkeypatch):
+    """A batch of at least SYNC_FS_FROM objects: one syncfs() before the
+    objects are placed and one after, no per-object fsync; a smaller batch,
+    or batch_sync=False: an fsync per object and per directory."""
+    calls = {"syncfs": 0, "fsync": 0}
+    placed_at_sync = []
+    real_syncfs, real_fsync = local_mod._syncfs, os.fsync
+
+    def syncfs(fd):
+        calls["syncfs"] += 1
+        placed_at_sync.append(sum(store._path(k).exists() for k, _ in items))
+        return real_syncfs(fd)
+
+    def fsync(fd):
+        calls["fsync"] += 1
+        real_fsync(fd)
+
+    monkeypatch.setattr(local_mod, "_syncfs", syncfs)
+    monkeypatch.setattr(local_mod.os, "fsync", fsync)
+    n = local_mod.SYNC_FS_FROM
+    store = LocalStore(tmp_path / "s")
+    items = [(f"refs/ns/d{i % 3}/f{i}", os.urandom(50)) for i in range(n + 2)]
+    assert store._put_many(items, False) == [True] * len(items)
+    assert calls == {"syncfs": 2, "fsync": 0}
+    assert placed_at_sync == [0, len(items)]      # data durable before any object is placed
+    assert run(store.get_many([k for k, _ in items])) == [d for _, d in items]
+    store._put_many(items[:n - 1], True)          # all present: nothing staged
+    assert calls == {"syncfs": 2, "fsync": 0}
+    small = [(f"files/s{i}", b"x") for i in range(n - 1)]
+    assert store._put_many(small, True) == [True] * (n - 1)
+    assert calls["syncfs"] == 2 and calls["fsync"] == (n - 1) + 1   # objects + one directory
+    off = LocalStore(tmp_path / "off", batch_sync=False)
+    assert off._put_many(items, False) == [True] * len(items)
+    assert calls["syncfs"] == 2 and calls["fsync"] > n + 2
+    assert not list((tmp_path / "s" / "%tmp").iterdir())
+
+
+def test_local_batch_sync_failure_places_nothing(tmp_path, monkeypatch):
+    """syncfs() reports a write-back error: the batch fails with a clear
+    error, no object of it is visible, no temporary file is left."""
+    import ctypes
+    import errno
+
+    def failing(fd):
+        ctypes.set_errno(errno.EIO)
+        return -1
+
+    monkeypatch.setattr(local_mod, "_syncfs", failing)
+    store = LocalStore(tmp_path / "s")
+    assert store.batch_sync
+    items = [(f"files/{i:04x}", b"data") for i in range(local_mod.SYNC_FS_FROM)]
+    with pytest.raises(StoreError, match=f"cannot write a batch of {local_mod.SYNC_FS_FROM} objects: Input/output error"):
+        store._put_many(items, True)
+    assert run(store.get_many([k for k, _ in items])) == [None] * len(items)
     assert not list((tmp_path / "s" / "%tmp").iterdir())
 
 

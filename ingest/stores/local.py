@@ -13,6 +13,7 @@ inside it), and the temporary directory `%tmp` can never be a key.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import os
 import threading
 import uuid
@@ -25,6 +26,7 @@ from .base import ObjectInfo, ObjectNotFound, PutStream, Store, as_parts, check_
 
 TMP = "%tmp"
 RANGE_FILES = 64      # objects kept open for ranged reads (a restore's packs)
+SYNC_FS_FROM = 4      # a batch of at least this many objects is made durable with syncfs()
 
 
 def _enc(part: str) -> str:
@@ -36,10 +38,19 @@ def _dec(name: str) -> str:
 
 
 class LocalStore(Store):
+    """`batch_sync`: make a batch of small objects (`put_many`) durable with
+    two syncfs() calls on the store's file system instead of an fsync per
+    object and per directory (Linux; elsewhere, or False, fsyncs).  The
+    guarantee is the same; the cost is that syncfs() also writes back other
+    dirty data of that file system, so turn it off where the store shares a
+    file system with heavy unrelated writers."""
+
     accepts_parts = True
     local = True
-    def __init__(self, root: str | os.PathLike, *, create: bool = True) -> None:
+    def __init__(self, root: str | os.PathLike, *, create: bool = True,
+                 batch_sync: bool = True) -> None:
         self.root = Path(root).expanduser().absolute()
+        self.batch_sync = batch_sync and _syncfs is not None
         self.url = self.root.as_uri()
         if self.root.exists() and not self.root.is_dir():
             raise StoreError(f"store path {self.root} exists and is not a directory")
@@ -93,7 +104,10 @@ class LocalStore(Store):
         """put() of each item, in phases over the whole batch: write every
         temporary file, sync them all, link or rename each into place, sync
         each directory once.  One thread hop and one directory sync for a
-        batch: 256 small objects took ~60 ms here, 0.23 ms each."""
+        batch: 256 small objects took ~60 ms here, 0.23 ms each.  With
+        `batch_sync`, both syncs are one syncfs() each: 2,318 manifests and
+        2,318 refs in batches of 64, 1.2-1.3 s -> 0.38-0.41 s (fresh store,
+        this VM's ext4); every fsync waits for its own cache flush."""
         results = [False] * len(items)
         staged: list[list] = []            # [item no., temporary path, final path, fd]
         key = ""
@@ -106,9 +120,14 @@ class LocalStore(Store):
                 tmp, fd = self._new_tmp()
                 staged.append([i, tmp, path, fd])
                 _write_fd(fd, data)
-            for st in staged:
-                key = items[st[0]][0]
-                os.fsync(st[3])
+            whole_fs = self.batch_sync and len(staged) >= SYNC_FS_FROM
+            if whole_fs:
+                key = f"a batch of {len(staged)} objects"
+                self._syncfs()
+            else:
+                for st in staged:
+                    key = items[st[0]][0]
+                    os.fsync(st[3])
             dirs = set()
             for st in staged:
                 i, tmp, path, fd = st
@@ -117,8 +136,12 @@ class LocalStore(Store):
                 st[3] = None
                 results[i] = self._place(tmp, path, key, if_absent)
                 dirs.add(path.parent)
-            for d in dirs:
-                _fsync_dir(d)
+            if whole_fs:
+                key = f"a batch of {len(staged)} objects"
+                self._syncfs()
+            else:
+                for d in dirs:
+                    _fsync_dir(d)
             return results
         except OSError as e:
             raise StoreError(f"cannot write {key}: {e.strerror or e}") from None
@@ -132,6 +155,16 @@ class LocalStore(Store):
                     pass
                 except OSError:
                     pass
+
+    def _syncfs(self) -> None:
+        """Everything written to the store's file system so far is durable."""
+        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            if _syncfs(fd) != 0:
+                err = ctypes.get_errno()
+                raise OSError(err, os.strerror(err))
+        finally:
+            os.close(fd)
 
     def _get(self, key: str, start: int, end: int | None) -> bytes:
         if end is not None:
@@ -381,6 +414,21 @@ class _LocalPut(PutStream):
     async def abort(self) -> None:
         async with self._order:
             await asyncio.to_thread(self._drop)
+
+
+def _load_syncfs():
+    """libc's syncfs(2) (Linux, glibc or musl), or None.  ctypes drops the
+    GIL for the call."""
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).syncfs
+    except (AttributeError, OSError):
+        return None
+    fn.argtypes = [ctypes.c_int]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_syncfs = _load_syncfs()
 
 
 def _write_fd(fd: int, data) -> None:
