@@ -94,6 +94,57 @@ def test_chunk_ids(benchmark, block, block_ends):
     assert ids.shape == (len(block_ends), 32)
 
 
+def _chunk_ids_per_call(buf, ends, start=0):
+    """chunk_ids as it was before ingest._blake3: one `blake3` call (and GIL
+    hand-off) per chunk."""
+    import blake3
+    mv = memoryview(buf).cast("B")
+    out = np.empty((len(ends), 32), dtype=np.uint8)
+    prev = start
+    for i, end in enumerate(ends.tolist()):
+        out[i] = np.frombuffer(blake3.blake3(mv[prev:end]).digest(), dtype=np.uint8)
+        prev = end
+    return out
+
+
+@pytest.mark.parametrize("impl", ["native", "per-chunk-blake3"])
+@pytest.mark.parametrize("layout", ["64k", "cdc"])
+def test_chunk_ids_vs_per_chunk(benchmark, block, block_ends, layout, impl):
+    """The one native call against the old loop, on the block cut into 64 KiB
+    chunks and into the chunker's (same mean size, uneven lengths)."""
+    ends = np.arange(AVG, BLOCK + 1, AVG, dtype=np.uint64) if layout == "64k" else block_ends
+    fn = hashing.chunk_ids if impl == "native" else _chunk_ids_per_call
+    ids = _run(benchmark, fn, block, ends, nbytes=len(block))
+    assert np.array_equal(ids, _chunk_ids_per_call(block, ends))
+
+
+@pytest.mark.parametrize("impl", ["native", "per-chunk-blake3"])
+def test_chunk_ids_beside_a_busy_loop(benchmark, block, impl):
+    """64 KiB chunks hashed while another thread wakes every 0.2 ms for 0.3 ms
+    of Python, as the event loop does under load: each GIL hand-off can cost
+    the hashing thread one of those bursts, once per chunk for the old loop,
+    once per block for the native call."""
+    import threading
+    import time
+    ends = np.arange(AVG, BLOCK + 1, AVG, dtype=np.uint64)
+    fn = hashing.chunk_ids if impl == "native" else _chunk_ids_per_call
+    stop = threading.Event()
+
+    def loop():
+        while not stop.is_set():
+            t_end = time.perf_counter() + 0.0003
+            while time.perf_counter() < t_end:
+                pass
+            time.sleep(0.0002)
+    t = threading.Thread(target=loop)
+    t.start()
+    try:
+        _run(benchmark, fn, block, ends, nbytes=len(block))
+    finally:
+        stop.set()
+        t.join()
+
+
 def test_blake3_whole_block(benchmark, block):
     """One BLAKE3 over the whole block: the ceiling for test_chunk_ids."""
     import blake3

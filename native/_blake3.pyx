@@ -1,0 +1,95 @@
+# cython: language_level=3, boundscheck=False, wraparound=False
+"""Chunk ids of a whole block in one call, without the GIL, on the official
+BLAKE3 C implementation (vendored, unmodified, in native/blake3/).
+
+The `blake3` package has no batch call: hashing a block's ~128 chunks one
+call at a time released and re-took the GIL per chunk, and each time the
+event-loop thread could take it and keep the hashing thread waiting.  Here the
+arguments are checked with the GIL held, then every chunk is hashed with it
+released.
+"""
+import numpy as np
+from libc.stdint cimport uint8_t, uint64_t
+
+cdef extern from "blake3/blake3.h" nogil:
+    enum: BLAKE3_OUT_LEN
+    ctypedef struct blake3_hasher:
+        pass
+    const char *blake3_version()
+    void blake3_hasher_init(blake3_hasher *self)
+    void blake3_hasher_update(blake3_hasher *self, const void *input, size_t input_len)
+    void blake3_hasher_finalize(const blake3_hasher *self, uint8_t *out, size_t out_len)
+
+cdef uint8_t _empty[1]       # what an empty buffer's chunks (all empty) are hashed from
+
+
+cdef const uint8_t[::1] _bytes(buf):
+    """buf as contiguous unsigned bytes (any C-contiguous buffer, any format)."""
+    mv = memoryview(buf)
+    if not mv.c_contiguous:
+        raise TypeError("buf must be a C-contiguous buffer")
+    if mv.format != "B" or mv.ndim != 1:
+        mv = mv.cast("B")
+    return mv
+
+
+cdef const uint64_t[::1] _ends(ends):
+    """A private uint64 copy of ends: what is checked is what the loop without
+    the GIL reads, even if the caller's array changes meanwhile."""
+    e = np.asarray(ends)
+    if e.ndim != 1 or (e.dtype.kind not in "iu" and len(e)):
+        raise TypeError(f"ends must be a 1-d integer array, not {e.dtype} of shape {e.shape}")
+    if e.dtype.kind == "i" and len(e) and e.min() < 0:
+        raise ValueError("chunk ends must not be negative")
+    return np.array(e, dtype=np.uint64)
+
+
+def hash_chunks(buf, ends, Py_ssize_t start=0):
+    """BLAKE3-256 of each chunk buf[prev:end], prev being start and then the
+    previous end; a (len(ends), 32) uint8 array.
+
+    buf: any C-contiguous buffer (bytes, bytearray, memoryview, numpy array),
+    taken as its bytes.  ends: 1-d integer array of non-decreasing end offsets
+    (an end equal to the previous one is an empty chunk).  ValueError unless
+    0 <= start <= ends[0] <= ... <= ends[-1] <= buf's size in bytes.
+    """
+    cdef const uint8_t[::1] b = _bytes(buf)
+    cdef const uint64_t[::1] e = _ends(ends)
+    cdef size_t n = e.shape[0], size = b.shape[0], i
+    if start < 0 or <size_t>start > size:
+        raise ValueError(f"start {start} is outside the buffer of {size} bytes")
+    cdef uint64_t prev = start
+    for i in range(n):
+        if e[i] < prev:
+            raise ValueError(f"chunk end {e[i]} (#{i}) is before the previous end or start {prev}")
+        prev = e[i]
+    if prev > size:
+        raise ValueError(f"last chunk end {prev} is past the buffer of {size} bytes")
+
+    out = np.empty((n, BLAKE3_OUT_LEN), dtype=np.uint8)
+    if n == 0:
+        return out
+    cdef uint8_t[:, ::1] o = out
+    cdef const uint8_t *p = &_empty[0]
+    if size:
+        p = &b[0]
+    cdef blake3_hasher h
+    prev = start
+    with nogil:
+        for i in range(n):
+            blake3_hasher_init(&h)
+            blake3_hasher_update(&h, p + prev, e[i] - prev)
+            blake3_hasher_finalize(&h, &o[i, 0], BLAKE3_OUT_LEN)
+            prev = e[i]
+    return out
+
+
+def version():
+    """Version of the vendored BLAKE3 C implementation."""
+    return blake3_version().decode()
+
+
+# The C code picks its SIMD path on first use and caches the CPU's features in
+# a plain global; hash once here, with the GIL held, so that threads hashing
+# at once later only read it.
+hash_chunks(b"", np.zeros(1, dtype=np.uint64))

@@ -1,0 +1,176 @@
+"""Chunk ids from the native BLAKE3 (ingest._blake3, the vendored C code)
+against the `blake3` package, chunk by chunk, on every kind of chunk layout
+and buffer; and the checks of its arguments."""
+import blake3
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ingest import _blake3, hashing
+from ingest.chunking import chunk_ends
+
+KIB, MIB = 1 << 10, 1 << 20
+
+
+@pytest.fixture(scope="module")
+def data() -> bytes:
+    return np.random.default_rng(7).bytes(3 * MIB + 123)
+
+
+def reference(buf, ends, start=0) -> np.ndarray:
+    """The old chunk_ids: one `blake3` call per chunk."""
+    mv = memoryview(buf).cast("B")
+    out = np.empty((len(ends), 32), dtype=np.uint8)
+    prev = start
+    for i, end in enumerate(np.asarray(ends).tolist()):
+        out[i] = np.frombuffer(blake3.blake3(mv[prev:end]).digest(), dtype=np.uint8)
+        prev = end
+    return out
+
+
+def check(buf, ends, start=0) -> None:
+    got = hashing.chunk_ids(buf, ends, start)
+    assert got.dtype == np.uint8 and got.shape == (len(ends), 32)
+    assert np.array_equal(got, reference(buf, ends, start))
+
+
+def test_empty_input_is_the_official_test_vector():
+    ids = _blake3.hash_chunks(b"", np.array([0], dtype=np.uint64))
+    assert ids[0].tobytes().hex() == "af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262"
+    assert hashing.chunk_ids(b"", np.array([0])).tobytes() == blake3.blake3(b"").digest()
+
+
+def test_vendored_c_version():
+    assert _blake3.version() == "1.3.3"
+
+
+def _cuts(lengths) -> np.ndarray:
+    return np.cumsum(np.array(lengths, dtype=np.int64))
+
+
+LAYOUTS = {
+    "one chunk": [3 * MIB + 123],
+    "empty chunks": [0, 0, 5, 0, 0, 1000, 0],
+    "one-byte chunks": [1] * 200,
+    "64 B blocks": [63, 64, 65, 128, 64 * 15, 64 * 16, 64 * 17],
+    "1 KiB chunks": [KIB - 1, KIB, KIB + 1, 2 * KIB - 1, 2 * KIB, 2 * KIB + 1, 3 * KIB, 4 * KIB,
+                     16 * KIB, 16 * KIB + 1],
+    "64 KiB": [64 * KIB] * 10 + [64 * KIB - 1, 64 * KIB + 1],
+    "over 1 MiB": [MIB + 1, 2 * MIB - 7],
+    "mixed": [0, 1, 64, 1023, 0, 2048, 64 * KIB, 1, MIB + 3, 0, 17],
+}
+
+
+@pytest.mark.parametrize("name", LAYOUTS)
+def test_layouts_match_blake3_package(data, name):
+    ends = _cuts(LAYOUTS[name])
+    assert int(ends[-1]) <= len(data)
+    check(data, ends)
+    check(data, ends.astype(np.uint64))
+
+
+def test_ends_from_the_chunker(data):
+    ends = chunk_ends(data)
+    assert ends.dtype == np.uint64 and len(ends) > 10
+    check(data, ends)
+
+
+def test_no_ends_gives_no_ids(data):
+    for ends in (np.array([], dtype=np.uint64), np.array([], dtype=np.int64)):
+        assert _blake3.hash_chunks(data, ends).shape == (0, 32)
+        assert _blake3.hash_chunks(b"", ends).shape == (0, 32)
+    assert _blake3.hash_chunks(data, np.array([], dtype=np.int64), len(data)).shape == (0, 32)
+
+
+def test_start_after_zero(data):
+    ends = np.array([5000, 5000, 70000, 2 * MIB], dtype=np.int64)
+    check(data, ends, start=4999)
+    check(data, ends, start=5000)
+    check(data, ends[2:], start=64 * KIB)
+    first = hashing.chunk_ids(data, ends[:1], start=4999)
+    assert first[0].tobytes() == blake3.blake3(data[4999:5000]).digest()
+
+
+def test_any_contiguous_buffer(data):
+    ends = _cuts([0, 1, 1000, 64 * KIB, 100 * KIB])
+    size = int(ends[-1])
+    part = data[11:11 + size]
+    want = reference(part, ends)
+    buffers = {
+        "bytes": part,
+        "bytearray": bytearray(part),
+        "memoryview slice": memoryview(data)[11:11 + size],
+        "memoryview of bytearray": memoryview(bytearray(data))[11:11 + size],
+        "numpy uint8": np.frombuffer(part, dtype=np.uint8),
+        "numpy uint8 slice": np.frombuffer(data, dtype=np.uint8)[11:11 + size],
+        "numpy uint32": np.frombuffer(data[:size // 4 * 4 + 4], dtype=np.uint32),
+        "2-d numpy": np.frombuffer(data[:size + 3 * 7 - size % 7], dtype=np.uint8).reshape(-1, 7),
+    }
+    for name, buf in buffers.items():
+        view = memoryview(buf).cast("B")
+        assert len(view) >= size, name
+        got = hashing.chunk_ids(buf, ends)
+        assert np.array_equal(got, reference(view, ends)), name
+        if bytes(view[:size]) == part:
+            assert np.array_equal(got, want), name
+
+
+def test_non_contiguous_buffer_is_refused(data):
+    strided = np.frombuffer(data, dtype=np.uint8)[::2]
+    with pytest.raises(TypeError):
+        _blake3.hash_chunks(strided, np.array([10]))
+
+
+@pytest.mark.parametrize("ends,start,size", [
+    ([10, 5], 0, 100),              # decreasing
+    ([10, 20, 19, 30], 0, 100),
+    ([5], 6, 100),                  # start after the first end
+    ([101], 0, 100),                # past the buffer
+    ([50, 100, 101], 0, 100),
+    ([1], 0, 0),
+    ([-1, 10], 0, 100),             # negative end
+    ([10], -1, 100),                # negative start
+    ([], 101, 100),                 # start past the buffer
+])
+def test_invalid_ends_raise_value_error(ends, start, size):
+    buf = bytes(size)
+    with pytest.raises(ValueError):
+        _blake3.hash_chunks(buf, np.array(ends, dtype=np.int64), start)
+    if min(ends, default=0) >= 0:
+        with pytest.raises(ValueError):
+            hashing.chunk_ids(buf, np.array(ends, dtype=np.uint64), start)
+
+
+def test_ends_must_be_a_1d_integer_array():
+    with pytest.raises(TypeError):
+        _blake3.hash_chunks(bytes(10), np.array([1.0, 2.0]))
+    with pytest.raises(TypeError):
+        _blake3.hash_chunks(bytes(10), np.array([[1, 2]]))
+    assert _blake3.hash_chunks(bytes(10), []).shape == (0, 32)
+    # Other integer widths and lists are taken as they are.
+    check(bytes(range(10)), np.array([1, 4, 10], dtype=np.uint16))
+    assert np.array_equal(_blake3.hash_chunks(bytes(range(10)), [1, 4, 10]),
+                          reference(bytes(range(10)), [1, 4, 10]))
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), size=st.integers(0, 300 * KIB),
+       cuts=st.lists(st.floats(0, 1), max_size=40), start_frac=st.floats(0, 1))
+def test_random_layouts_match_blake3_package(seed, size, cuts, start_frac):
+    buf = np.random.default_rng(seed).bytes(size)
+    start = int(start_frac * size)
+    # Sorted cut points in [start, size]; repeats are empty chunks.
+    ends = np.sort(np.array([start + int(c * (size - start)) for c in cuts], dtype=np.int64))
+    check(buf, ends, start)
+
+
+def test_threads_hashing_at_once(data):
+    """The C code keeps no state between calls but the CPU features it reads
+    at import: threads without the GIL hash side by side correctly."""
+    from concurrent.futures import ThreadPoolExecutor
+    ends = [_cuts([64 * KIB] * 40 + [i]) for i in range(8)]
+    with ThreadPoolExecutor(2) as pool:
+        got = list(pool.map(lambda e: hashing.chunk_ids(data, e), ends))
+    for e, g in zip(ends, got):
+        assert np.array_equal(g, reference(data, e))
