@@ -22,7 +22,7 @@ from pathlib import Path
 from .errors import IngestError
 from .memory import tune_malloc
 from .progress import Progress, human
-from .repository import Repository, plan_tree
+from .repository import Repository, plan_tree_sized
 from .sync import new_event_loop
 
 DEFAULT_STORE = os.path.join(os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share"),
@@ -39,8 +39,8 @@ def _emit(obj) -> None:
 
 
 async def cmd_put(args) -> int:
-    jobs = plan_tree(args.paths)          # fail on a bad path before opening the store
-    total = sum(p.stat().st_size for p, _ in jobs)
+    jobs = plan_tree_sized(args.paths)    # fail on a bad path before opening the store
+    total = sum(size for _, _, size in jobs)
     prog = Progress("ingesting", total, enabled=False if args.json else None)
     repo = await Repository.open(store_url(args))
     async with repo:
@@ -51,7 +51,7 @@ async def cmd_put(args) -> int:
                        "stored_bytes": r.stored_bytes, "chunks": r.chunks})
 
         results = await repo.put_tree(args.paths, on_result=on_result, progress=prog.advance,
-                                      sha256=args.sha256)
+                                      sha256=args.sha256, planned=jobs)
         prog.close()
     summary = {
         "files": len(results),

@@ -193,11 +193,17 @@ class Repository:
     async def put_tree(self, paths: Iterable[str | os.PathLike], *,
                        on_result: Callable[[IngestResult], None] | None = None,
                        progress: Callable[[int], None] | None = None,
-                       sha256: bool = True) -> list[IngestResult]:
+                       sha256: bool = True,
+                       planned: list[tuple[Path, str, int]] | None = None) -> list[IngestResult]:
         """Ingest files and directories (recursively).  A file's ref is its
         name; a directory's files get DIRNAME/relative/path, as `cp -r` would
-        name them.  Every path is checked before anything is written."""
-        planned = _plan_sized(paths)
+        name them.  Every path is checked before anything is written; the
+        tree is walked in a thread, not on the event loop.  `planned`: what
+        `plan_tree_sized(paths)` returned, so the tree is not walked again
+        (`paths` is then not read)."""
+        if planned is None:
+            paths = list(paths)
+            planned = await asyncio.to_thread(plan_tree_sized, paths)
         if not planned:
             return []
         s = self.session(sha256=sha256)
@@ -1015,10 +1021,10 @@ def plan_tree(paths: Iterable[str | os.PathLike]) -> Iterable[tuple[Path, str]]:
     """(file, ref) for every regular file under `paths`, checking each path
     exists first.  Symlinks to files are followed; symlinked directories are
     not entered (no loops); sockets, fifos and devices are skipped."""
-    return [(p, ref) for p, ref, _ in _plan_sized(paths)]
+    return [(p, ref) for p, ref, _ in plan_tree_sized(paths)]
 
 
-def _plan_sized(paths: Iterable[str | os.PathLike]) -> list[tuple[Path, str, int]]:
+def plan_tree_sized(paths: Iterable[str | os.PathLike]) -> list[tuple[Path, str, int]]:
     """plan_tree with each file's size, from the stat that found it."""
     jobs = []
     for raw in paths:

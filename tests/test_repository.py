@@ -201,6 +201,24 @@ def test_errors_are_clear(store_url, tmp_path):
     run(go())
 
 
+def test_put_tree_takes_a_plan_and_walks_nothing_again(tmp_path):
+    """put_tree(planned=plan_tree_sized(paths)) ingests exactly that plan:
+    the CLI walks the tree once to fail before opening the store."""
+    src = tmp_path / "src"
+    (src / "d").mkdir(parents=True)
+    (src / "a.txt").write_bytes(b"alpha" * 1000)
+    (src / "d" / "b.bin").write_bytes(os.urandom(5000))
+    plan = repository.plan_tree_sized([src])
+    assert sorted((ref, size) for _, ref, size in plan) == [("src/a.txt", 5000), ("src/d/b.bin", 5000)]
+
+    async def go():
+        async with await Repository.open(tmp_path / "store") as repo:
+            got = await repo.put_tree([tmp_path / "not-walked"], planned=plan)
+            assert sorted(r.ref for r in got) == ["src/a.txt", "src/d/b.bin"]
+            assert await repo.read("src/a.txt") == b"alpha" * 1000
+    run(go())
+
+
 def test_config_is_fixed_at_creation(store_url):
     odd = StoreConfig(chunking=ChunkParams(4096, 8192, 65536, 14, 11), frame_size=256 * 1024)
 
