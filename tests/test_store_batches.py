@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -227,6 +228,28 @@ def test_local_batch_sync_failure_places_nothing(tmp_path, monkeypatch):
         store._put_many(items, True)
     assert run(store.get_many([k for k, _ in items])) == [None] * len(items)
     assert not list((tmp_path / "s" / "%tmp").iterdir())
+
+
+def test_local_store_sweeps_stale_temporary_files_once(tmp_path):
+    """A crashed writer's temporary files (a day old) go at the store's first
+    write; a fresh one (a live writer's) and stored objects stay."""
+    root = tmp_path / "s"
+    store = LocalStore(root)
+    assert store._put_many([("files/kept", b"stored")], False) == [True]
+    tmp = root / "%tmp"
+    stale, fresh = tmp / "dead.tmp", tmp / "live.tmp"
+    stale.write_bytes(b"x" * 1000)
+    fresh.write_bytes(b"y")
+    day_ago = time.time() - local_mod.TMP_STALE_SECONDS - 60
+    os.utime(stale, (day_ago, day_ago))
+    os.utime(root / "files" / "kept%", (day_ago, day_ago))   # old objects are not temporary
+    assert store._put_many([("files/more", b"z")], False) == [True]
+    assert stale.exists()                         # this store swept already, at its first write
+    again = LocalStore(root)
+    assert run(again.put("files/third", b"w"))
+    assert not stale.exists() and fresh.exists()
+    assert run(again.get_many(["files/kept", "files/more", "files/third"])) == [b"stored", b"z", b"w"]
+    assert again.sweep_tmp(older_than=0) == 1 and not fresh.exists()
 
 
 class ReadOnlyRefs(LocalStore):

@@ -16,6 +16,7 @@ import asyncio
 import ctypes
 import os
 import threading
+import time
 import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator
@@ -27,6 +28,7 @@ from .base import ObjectInfo, ObjectNotFound, PutStream, Store, as_parts, check_
 TMP = "%tmp"
 RANGE_FILES = 64      # objects kept open for ranged reads (a restore's packs)
 SYNC_FS_FROM = 4      # a batch of at least this many objects is made durable with syncfs()
+TMP_STALE_SECONDS = 24 * 3600   # a temporary file untouched this long is a crashed writer's
 
 
 def _enc(part: str) -> str:
@@ -73,6 +75,7 @@ class LocalStore(Store):
         # replaced or deleted by another process is never read stale.
         self._open: OrderedDict[str, list] = OrderedDict()
         self._open_lock = threading.Lock()
+        self._swept = False
 
     def _path(self, key: str) -> Path:
         parts = check_key(key).split("/")
@@ -82,8 +85,36 @@ class LocalStore(Store):
     def _put(self, key: str, data, if_absent: bool) -> bool:
         return self._put_many([(key, data)], if_absent)[0]
 
+    def sweep_tmp(self, older_than: float = TMP_STALE_SECONDS) -> int:
+        """Delete the temporary files in `%tmp` not written for `older_than`
+        seconds: what a writer that crashed mid-object left (a pack's
+        temporary file can be 64 MiB).  A live writer touches its file at
+        every part; one stalled for that long fails its commit with a clear
+        error, and nothing stored is ever touched.  The first write of each
+        LocalStore sweeps once.  Returns how many files went."""
+        cutoff = time.time() - older_than
+        gone = 0
+        try:
+            entries = os.scandir(self.root / TMP)
+        except FileNotFoundError:
+            return 0
+        with entries:
+            for e in entries:
+                if not e.name.endswith(".tmp"):
+                    continue
+                try:
+                    if e.is_file(follow_symlinks=False) and e.stat(follow_symlinks=False).st_mtime < cutoff:
+                        os.unlink(e.path)
+                        gone += 1
+                except OSError:
+                    pass            # gone meanwhile, or not ours to delete
+        return gone
+
     def _new_tmp(self) -> tuple[Path, int]:
         """A new temporary file for an object being written, and its fd."""
+        if not self._swept:
+            self._swept = True
+            self.sweep_tmp()
         tmp = self.root / TMP / f"{uuid.uuid4().hex}.tmp"
         return tmp, os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
 
