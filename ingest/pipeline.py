@@ -647,7 +647,7 @@ class WriteSession:
             locs["offset"][rows] = np.fromiter((o for _, _, o in w.deferred), np.uint32, n)
         manifest = Manifest.from_locations(w.size, w.sha256, w.ids, locs)
         fid = manifest.file_id
-        await self._meta.write(fid, manifest.encode(), ref, w.size, w.sha256)
+        await self._meta.write(fid, manifest, ref, w.size, w.sha256)
         stored = sum(fr.length for fr in w.frames)
         return IngestResult(ref, fid.hex(), w.size, w.sha256 and w.sha256.hex(), len(locs),
                             w.new_chunks, w.new_bytes, w.size - w.new_bytes, stored)
@@ -672,8 +672,10 @@ class _MetaWriter:
         self._slots = asyncio.Semaphore(self.IN_FLIGHT)
         self._writing: set[asyncio.Task] = set()
 
-    async def write(self, fid: bytes, manifest: bytes, ref: str | None, size: int,
+    async def write(self, fid: bytes, manifest: Manifest, ref: str | None, size: int,
                     sha256: bytes | None) -> None:
+        """Store `manifest` (encoded only if it is written: a re-ingest whose
+        ref already names the file writes nothing) and then the ref."""
         fut = asyncio.get_running_loop().create_future()
         self._queue.append(((fid, manifest, ref, size, sha256), fut))
         if self._task is None or self._task.done():
@@ -731,7 +733,8 @@ class _MetaWriter:
         todo = [it for it in items if id(it) not in current]
         if not todo:
             return
-        await self.store.put_many(list({manifest_key(fid): m for fid, m, _, _, _ in todo}.items()),
+        await self.store.put_many([(manifest_key(fid), m.encode())
+                                   for fid, m in {fid: m for fid, m, _, _, _ in todo}.items()],
                                   if_absent=True)
         refs = [(ref_key(ref), Ref.new(ref, fid, size, sha).encode())
                 for fid, _, ref, size, sha in todo if ref is not None]

@@ -13,7 +13,7 @@ import json
 import math
 import re
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 from .envelope import seal, unseal
 from .errors import FormatError, InvalidName
@@ -54,9 +54,9 @@ class Ref:
     time: float
 
     def encode(self) -> bytes:
-        d = asdict(self)
-        del d["name"]
-        return seal(MAGIC, VERSION, json.dumps(d, sort_keys=True).encode())
+        # The fields by hand, sorted: dataclasses.asdict deep-copies each value.
+        d = {"file_id": self.file_id, "sha256": self.sha256, "size": self.size, "time": self.time}
+        return seal(MAGIC, VERSION, json.dumps(d).encode())
 
     @classmethod
     def decode(cls, name: str, data) -> "Ref":
