@@ -217,7 +217,7 @@ class WriteSession:
         # Block buffers outlive sessions: zero-filling three 8 MiB buffers per
         # put_tree call was a fifth of re-ingest time (profile of bench/e2e.py).
         self._buffers: list[memoryview] = repo.block_buffers
-        self._meta = _MetaWriter(repo.store)
+        self._meta = _MetaWriter(repo.store, repo.stored_manifests)
 
     # -- CPU work, in the pool ------------------------------------------------
     def _compress(self, frame: _Frame):
@@ -664,13 +664,23 @@ class _MetaWriter:
 
     MAX_BATCH = 64
     IN_FLIGHT = 4     # batches written at once: a durable write mostly waits on the disk
+    LISTINGS = 8      # ref listings kept by a session (see _old_refs)
 
-    def __init__(self, store) -> None:
+    KNOWN = 1 << 16   # file ids whose manifests a repository remembers as stored
+
+    def __init__(self, store, known: dict | None = None) -> None:
         self.store = store
+        # File ids whose manifests this process has stored or found stored
+        # (insertion-ordered, oldest dropped first): a manifest is immutable,
+        # so the next tree holding the same file writes only its ref (on S3
+        # one PUT, not two).  A garbage collector, when there is one, must
+        # not delete a manifest that a live ref names, which covers these.
+        self.known = {} if known is None else known
         self._queue: list[tuple[tuple, asyncio.Future]] = []
         self._task: asyncio.Task | None = None
         self._slots = asyncio.Semaphore(self.IN_FLIGHT)
         self._writing: set[asyncio.Task] = set()
+        self._listings: list[tuple[str, set[str]]] = []   # (prefix, keys under it), newest first
 
     async def write(self, fid: bytes, manifest: Manifest, ref: str | None, size: int,
                     sha256: bytes | None) -> None:
@@ -728,19 +738,62 @@ class _MetaWriter:
         # Re-ingesting a tree then costs one read per file; the manifests'
         # existence checks were a quarter of it (py-spy, package dup pass).
         named = [it for it in items if it[2] is not None]
-        olds = await self.store.get_many([ref_key(ref) for _, _, ref, _, _ in named]) if named else []
+        olds = await self._old_refs([ref_key(ref) for _, _, ref, _, _ in named]) if named else []
         current = {id(it) for it, old in zip(named, olds) if _names(it[2], old, it[0], it[4])}
         todo = [it for it in items if id(it) not in current]
         if not todo:
             return
-        await self.store.put_many([(manifest_key(fid), m.encode())
-                                   for fid, m in {fid: m for fid, m, _, _, _ in todo}.items()],
-                                  if_absent=True)
+        manifests = {fid: m for fid, m, _, _, _ in todo if fid not in self.known}
+        if manifests:
+            await self.store.put_many([(manifest_key(fid), m.encode()) for fid, m in manifests.items()],
+                                      if_absent=True)
+            for fid in manifests:
+                self.known[fid] = None
+            while len(self.known) > self.KNOWN:
+                del self.known[next(iter(self.known))]
         refs = [(ref_key(ref), Ref.new(ref, fid, size, sha).encode())
                 for fid, _, ref, size, sha in todo if ref is not None]
         if refs:
             await self.store.put_many(refs)
 
+
+    LIST_FROM = 8             # refs of a batch checked with a listing instead of a read each
+
+    async def _old_refs(self, keys: list[str]) -> list[bytes | None]:
+        """The stored refs at `keys` (None where absent).  On a remote store
+        a batch's keys are first looked up in a listing, and only the refs
+        that exist are read: a new tree's refs all miss, and one 404 GET per
+        file was as costly as its PUT (py-spy, a package tree into SeaweedFS:
+        40% of the samples).  A listing is of the batch's directory, kept for
+        the session's later batches (a tree's), and bounded: past a few
+        times the batch it gives up and every key is read.  A ref written by
+        someone else after the listing is only overwritten, as it would be a
+        moment after its read (refs are last-writer-wins)."""
+        if self.store.local or len(keys) < self.LIST_FROM:
+            return await self.store.get_many(keys)
+        present = await self._present(keys)
+        if present is None:
+            return await self.store.get_many(keys)
+        fetch = [k for k in keys if k in present]
+        got = dict(zip(fetch, await self.store.get_many(fetch))) if fetch else {}
+        return [got.get(k) for k in keys]
+
+    async def _present(self, keys: list[str]) -> set[str] | None:
+        prefix = os.path.commonprefix(keys)
+        for listed, found in self._listings:
+            if prefix.startswith(listed):
+                return found
+        limit = max(1000, 4 * len(keys))
+        for p in dict.fromkeys((prefix[:prefix.rfind("/") + 1], prefix)):
+            found: set[str] = set()
+            async for info in self.store.list(p):
+                found.add(info.key)
+                if len(found) > limit:
+                    break
+            else:
+                self._listings = [(p, found), *self._listings[:self.LISTINGS - 1]]
+                return found
+        return None
 
 def _names(ref: str, data: bytes | None, fid: bytes, sha256: bytes | None) -> bool:
     """True if `data` (a stored ref, or None) names file `fid` and has its

@@ -76,6 +76,7 @@ class Repository:
         self.executor = ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 2,
                                            thread_name_prefix="ingest")
         self._manifests: dict[bytes, Manifest] = {}
+        self.stored_manifests: dict[bytes, None] = {}   # see pipeline._MetaWriter.known
         self.frame_cache = FrameCache(FRAME_CACHE_BYTES)
         self.block_buffers: list[memoryview] = []   # reused by write sessions
 

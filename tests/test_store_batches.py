@@ -321,3 +321,67 @@ def test_one_failing_ref_fails_only_its_file(tmp_path):
             assert names == sorted(f"tree/d{i}/f{i}.txt" for i in range(20) if i != 3)
             assert (await repo.verify()).ok
     run(go())
+
+
+def test_tree_refs_checked_by_listing_on_a_remote_store(store_url, tmp_path):
+    """A tree's refs are checked before they are written.  On S3 a new tree's
+    missing refs cost no GET each (one listing per directory instead); a
+    re-ingest reads them and rewrites only the changed files' refs."""
+    tree = tmp_path / "tree"
+    for i in range(40):
+        (tree / f"d{i % 3}").mkdir(parents=True, exist_ok=True)
+        (tree / f"d{i % 3}" / f"f{i}.txt").write_bytes(b"line %d\n" % i * (i + 1))
+
+    async def go():
+        store = open_store(store_url)
+        remote = isinstance(store, RetryStore)
+        async with await Repository.open(store) as repo:
+            gets0 = store.metrics()["get"]["requests"] if remote else 0
+            first = await repo.put_tree([tree])
+            if remote:
+                assert store.metrics()["get"]["requests"] - gets0 < 10     # not one per file
+                assert store.metrics()["list"]["requests"] >= 1
+            times = {r.ref: (await repo.get_ref(r.ref)).time for r in first}
+            (tree / "d1" / "f1.txt").write_bytes(b"changed")
+            (tree / "d2" / "new.txt").write_bytes(b"added")
+            await asyncio.sleep(0.01)
+            gets0 = store.metrics()["get"]["requests"] if remote else 0
+            again = {r.ref: r for r in await repo.put_tree([tree])}
+            if remote:
+                assert store.metrics()["get"]["requests"] - gets0 >= 40  # the existing refs are read
+            assert len(again) == 41
+            assert await repo.read("tree/d1/f1.txt") == b"changed"
+            assert await repo.read("tree/d2/new.txt") == b"added"
+            for ref, t in times.items():
+                now = (await repo.get_ref(ref)).time
+                assert (now != t) == (ref == "tree/d1/f1.txt"), ref   # only the changed one rewritten
+            assert (await repo.verify()).ok
+    run(go())
+
+
+def test_a_known_manifest_is_not_written_again(store_url, tmp_path):
+    """The same files under new names (a version of a tree that changed
+    little): only their refs are written, not their manifests again."""
+    import shutil
+    tree = tmp_path / "v1"
+    tree.mkdir()
+    for i in range(20):
+        (tree / f"f{i}.txt").write_bytes(b"same %d\n" % i * 50)
+
+    async def go():
+        store = open_store(store_url)
+        remote = isinstance(store, RetryStore)
+        async with await Repository.open(store) as repo:
+            first = await repo.put_tree([tree])
+            shutil.copytree(tree, tmp_path / "v2")
+            puts0 = store.metrics()["put"]["requests"] if remote else 0
+            second = await repo.put_tree([tmp_path / "v2"])
+            if remote:
+                assert store.metrics()["put"]["requests"] - puts0 == 20      # the refs alone
+            assert sorted(r.file_id for r in second) == sorted(r.file_id for r in first)
+            for r in second:
+                assert await repo.read(r.ref) == (tmp_path / r.ref).read_bytes()
+        async with await Repository.open(store_url) as repo:       # a new process's view
+            assert (await repo.verify()).ok
+            assert len(await repo.list_refs()) == 40
+    run(go())
