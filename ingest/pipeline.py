@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+from array import array
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
@@ -115,6 +116,31 @@ class _Frame:
         self.data = data
 
 
+class _Deferred:
+    """The new chunks of a file, whose frames get their place in a pack
+    later: per chunk its row in the file, its frame and its offset in the
+    frame, filled into the file's LOCATION rows at commit.  Compact arrays
+    and one frame reference per run: a tuple per chunk was ~120 bytes of a
+    large file's bookkeeping, kept until its commit."""
+    __slots__ = ("rows", "offsets", "which", "frames")
+
+    def __init__(self) -> None:
+        self.rows = array("q")                # row of the chunk in the file
+        self.offsets = array("I")             # its offset in its frame (< 16 MiB)
+        self.which = array("I")               # its frame, as an index into frames
+        self.frames: list[_Frame] = []        # a frame per run of chunks in one frame
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def add(self, row: int, frame: "_Frame", offset: int) -> None:
+        if not self.frames or self.frames[-1] is not frame:
+            self.frames.append(frame)
+        self.rows.append(row)
+        self.offsets.append(offset)
+        self.which.append(len(self.frames) - 1)
+
+
 @dataclass
 class _Written:
     """A file whose bytes are all chunked and framed, not yet committed."""
@@ -122,7 +148,7 @@ class _Written:
     sha256: bytes | None
     ids: np.ndarray
     locs: np.ndarray           # LOCATION rows; rows of new chunks are filled at commit
-    deferred: list             # (chunk no., frame, offset in frame) for new chunks
+    deferred: "_Deferred"      # new chunks' rows, frames and offsets, filled in at commit
     frames: list               # frames this file created
     new_chunks: int
     new_bytes: int
@@ -141,7 +167,7 @@ class _FileState:
         # When set, full frames are collected here for _place_many instead of
         # being placed one by one (a batch of small files).
         self.collect: list[_Frame] | None = None
-        self.deferred: list[tuple[int, _Frame, int]] = []
+        self.deferred = _Deferred()
         self.ids: list[np.ndarray] = []
         self.locs: list[np.ndarray] = []
         self.nchunks = self.new_chunks = self.new_bytes = 0
@@ -247,7 +273,10 @@ class WriteSession:
         locs["length"] = lengths
         pack.ids.append(ids)
         pack.locs.append(locs)
-        frame.data = None                 # the pack holds what it needs
+        # The pack holds what it needs; a frame stays referenced until its
+        # file commits, and its per-chunk lists were most of what a large
+        # file's bookkeeping grew by.
+        frame.data = frame.ids = frame.lengths = None
         if pack.builder.untaken >= PACK_WRITE:
             pack.writes.append(asyncio.ensure_future(pack.out.write(pack.builder.take())))
         if pack.builder.size >= self.pack_size:
@@ -543,7 +572,7 @@ class WriteSession:
                             _copy_run(run, src)
                             run = None
                             await self._submit_for(st)
-                    st.deferred.append((st.nchunks + i, hit[0], hit[1]))
+                    st.deferred.add(st.nchunks + i, hit[0], hit[1])
             finally:
                 # Even on the way out: another file may already dedup
                 # against these chunks, and _abandon still stores the frame.
@@ -629,7 +658,8 @@ class WriteSession:
         manifest and ref.  With `flush`, seal the open pack now instead of
         waiting for it to fill (a single upload wants its answer now; a tree
         of files shares packs and flushes once at the end)."""
-        placed = {id(fr): fr for _, fr, _ in w.deferred}
+        d = w.deferred
+        placed = {id(fr): fr for fr in d.frames}
         for fr in placed.values():
             await asyncio.shield(fr.placed)
         packs = {id(fr.pack): fr.pack for fr in placed.values()}
@@ -638,20 +668,17 @@ class WriteSession:
         for pk in packs.values():
             await asyncio.shield(pk.stored)
         locs = w.locs
-        if w.deferred:
+        if len(d):
             # Vectorized: one structured-row update per chunk was 5 us each
             # (py-spy: commit's loop, the top item after the frame copies).
-            n = len(w.deferred)
-            rows = np.fromiter((i for i, _, _ in w.deferred), np.int64, n)
-            frames = {id(fr): fr for _, fr, _ in w.deferred}
-            which = {key: k for k, key in enumerate(frames)}
-            of = np.fromiter((which[id(fr)] for _, fr, _ in w.deferred), np.int64, n)
-            table = np.zeros(len(frames), dtype=LOCATION)
-            for k, fr in enumerate(frames.values()):
+            rows = np.array(d.rows, dtype=np.int64)
+            of = np.array(d.which, dtype=np.int64)
+            table = np.zeros(len(d.frames), dtype=LOCATION)
+            for k, fr in enumerate(d.frames):
                 table[k] = (fr.pack.pack_id, fr.offset, fr.length, fr.raw_len, fr.codec, 0, 0)
             for col in ("pack", "frame_offset", "frame_length", "frame_raw", "codec"):
                 locs[col][rows] = table[col][of]
-            locs["offset"][rows] = np.fromiter((o for _, _, o in w.deferred), np.uint32, n)
+            locs["offset"][rows] = np.array(d.offsets, dtype=np.uint32)
         manifest = Manifest.from_locations(w.size, w.sha256, w.ids, locs)
         fid = manifest.file_id
         await self._meta.write(fid, manifest, ref, w.size, w.sha256)
