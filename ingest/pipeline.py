@@ -38,6 +38,7 @@ from .memory import uninitialized
 from .manifest import key as manifest_key
 from .pack import MAX_FRAME_CHUNKS, PackBuilder
 from .errors import IngestError
+from .refs import PREFIX as REF_PREFIX
 from .refs import Ref
 from .safetensors import DtypeMap
 from .safetensors import parse_header as parse_safetensors_header
@@ -819,6 +820,8 @@ class _MetaWriter:
                 return found
         limit = max(1000, 4 * len(keys))
         for p in dict.fromkeys((prefix[:prefix.rfind("/") + 1], prefix)):
+            if len(p) <= len(REF_PREFIX):
+                continue                  # all refs in the store: not worth a listing
             found: set[str] = set()
             async for info in self.store.list(p):
                 found.add(info.key)

@@ -385,3 +385,26 @@ def test_a_known_manifest_is_not_written_again(store_url, tmp_path):
             assert (await repo.verify()).ok
             assert len(await repo.list_refs()) == 40
     run(go())
+
+
+@pytest.mark.s3
+def test_refs_spread_over_the_store_are_read_not_listed(s3_url, tmp_path):
+    """A batch whose refs share no directory below refs/ (two trees in one
+    put_tree) would list every ref of the store: its refs are read one by
+    one instead."""
+    for name in ("alpha", "beta"):
+        (tmp_path / name).mkdir()
+        for i in range(6):
+            (tmp_path / name / f"f{i}").write_bytes(b"%s %d" % (name.encode(), i))
+
+    async def go():
+        store = open_store(s3_url)
+        async with await Repository.open(store) as repo:
+            m0 = store.metrics()
+            got = await repo.put_tree([tmp_path / "alpha", tmp_path / "beta"])
+            m1 = store.metrics()
+            assert len(got) == 12
+            assert m1["list"]["requests"] == m0["list"]["requests"]
+            assert m1["get"]["requests"] - m0["get"]["requests"] >= 12
+            assert await repo.read("beta/f3") == b"beta 3"
+    run(go())
