@@ -98,8 +98,8 @@ class Manifest:
     def _from_many_locations(cls, size: int, sha256: bytes | None, ids: np.ndarray,
                              locs: np.ndarray) -> "Manifest":
         """from_locations without a Python object per chunk: for a 4 GiB file
-        the loop's lists were ~250 bytes a chunk and ~40 ms on the event
-        loop at commit."""
+        (65,536 chunks) the loop's lists were ~250 bytes a chunk and 27.5 ms
+        on the event loop at commit, against 9.2 ms here."""
         n = len(locs)
         pack, off = locs["pack"], locs["frame_offset"]
         # Runs of chunks in one frame, then frames by first appearance.

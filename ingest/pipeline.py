@@ -699,8 +699,8 @@ class _MetaWriter:
 
     MAX_BATCH = 64
     IN_FLIGHT = 4     # batches written at once: a durable write mostly waits on the disk
+    LIST_FROM = 8     # refs of a batch checked with a listing instead of a read each (remote stores)
     LISTINGS = 8      # ref listings kept by a session (see _old_refs)
-
     KNOWN = 1 << 16   # file ids whose manifests a repository remembers as stored
 
     def __init__(self, store, known: dict | None = None) -> None:
@@ -791,9 +791,6 @@ class _MetaWriter:
         if refs:
             await self.store.put_many(refs)
 
-
-    LIST_FROM = 8             # refs of a batch checked with a listing instead of a read each
-
     async def _old_refs(self, keys: list[str]) -> list[bytes | None]:
         """The stored refs at `keys` (None where absent).  On a remote store
         a batch's keys are first looked up in a listing, and only the refs
@@ -831,6 +828,7 @@ class _MetaWriter:
                 self._listings = [(p, found), *self._listings[:self.LISTINGS - 1]]
                 return found
         return None
+
 
 def _names(ref: str, data: bytes | None, fid: bytes, sha256: bytes | None) -> bool:
     """True if `data` (a stored ref, or None) names file `fid` and has its

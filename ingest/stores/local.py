@@ -114,7 +114,10 @@ class LocalStore(Store):
         """A new temporary file for an object being written, and its fd."""
         if not self._swept:
             self._swept = True
-            self.sweep_tmp()
+            try:
+                self.sweep_tmp()
+            except OSError:
+                pass                    # a sweep that cannot run must not fail the write
         tmp = self.root / TMP / f"{uuid.uuid4().hex}.tmp"
         return tmp, os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
 
