@@ -34,8 +34,8 @@ from . import chunking, hashing
 from .compression import Compressor
 from .index import LOCATION, encode_shard
 from .manifest import Manifest
-from .memory import uninitialized
 from .manifest import key as manifest_key
+from .memory import uninitialized
 from .pack import MAX_FRAME_CHUNKS, PackBuilder
 from .errors import IngestError
 from .refs import PREFIX as REF_PREFIX
@@ -773,7 +773,8 @@ class _MetaWriter:
         # Re-ingesting a tree then costs one read per file; the manifests'
         # existence checks were a quarter of it (py-spy, package dup pass).
         named = [it for it in items if it[2] is not None]
-        olds = await self._old_refs([ref_key(ref) for _, _, ref, _, _ in named]) if named else []
+        keys = [ref_key(ref) for _, _, ref, _, _ in named]
+        olds = await self._old_refs(keys) if named else []
         current = {id(it) for it, old in zip(named, olds) if _names(it[2], old, it[0], it[4])}
         todo = [it for it in items if id(it) not in current]
         if not todo:
@@ -786,8 +787,8 @@ class _MetaWriter:
                 self.known[fid] = None
             while len(self.known) > self.KNOWN:
                 del self.known[next(iter(self.known))]
-        refs = [(ref_key(ref), Ref.new(ref, fid, size, sha).encode())
-                for fid, _, ref, size, sha in todo if ref is not None]
+        refs = [(key, Ref.new(it[2], it[0], it[3], it[4]).encode())
+                for it, key in zip(named, keys) if id(it) not in current]
         if refs:
             await self.store.put_many(refs)
 

@@ -559,18 +559,21 @@ class Repository:
         """Restore small files (index, output, manifest) with one batch of
         range reads and one pool call; returns (index, size) of each."""
         reads: dict[tuple[str, int, int], int] = {}
+        planned: dict[int, tuple] = {}     # by id of the manifest: a file listed twice is planned once
         plans = []
         for i, out, m in group:
-            locs = m.locations()
-            ids = m.chunks["id"]
-            parts = []
-            for first, last, runs in (_plan_spans(m.chunks["frame"], locs) if len(locs) else []):
-                pack = bytes(locs[first]["pack"])
-                off = int(locs[first]["frame_offset"])
-                stop = int(locs[last]["frame_offset"]) + int(locs[last]["frame_length"])
-                r = (pack_key(pack), off, stop)
-                parts.append((reads.setdefault(r, len(reads)), runs, pack.hex()))
-            plans.append((i, out, m.size, locs, ids, parts))
+            plan = planned.get(id(m))
+            if plan is None:
+                locs = m.locations()
+                parts = []
+                for first, last, runs in (_plan_spans(m.chunks["frame"], locs) if len(locs) else []):
+                    pack = bytes(locs[first]["pack"])
+                    off = int(locs[first]["frame_offset"])
+                    stop = int(locs[last]["frame_offset"]) + int(locs[last]["frame_length"])
+                    r = (pack_key(pack), off, stop)
+                    parts.append((reads.setdefault(r, len(reads)), runs, pack.hex()))
+                plan = planned[id(m)] = (locs, m.chunks["id"], parts)
+            plans.append((i, out, m.size, *plan))
         ranges = list(reads)
         bufs = await self.store.get_ranges(ranges)
         return await self._run(_write_small_files, plans, ranges, bufs, self.frame_cache)
@@ -941,7 +944,7 @@ async def _write_batches(blocks: AsyncIterator) -> AsyncIterator[tuple[list, int
 def _write_small_files(plans: list, ranges: list, bufs: list,
                        cache: FrameCache | None = None) -> list[tuple[int, int]]:
     """Decode, check and write small files from their fetched spans (in a
-    pool thread); a file listed twice is decoded once."""
+    pool thread); a file listed twice (same planned locations) is decoded once."""
     done: list[tuple[int, int]] = []
     decoded: dict[int, list] = {}              # by id of its locations: same manifest
     for i, out, size, locs, ids, parts in plans:
