@@ -36,6 +36,7 @@ setup(
          for name, c in [("_chunker", "gearcdc"), ("_bytegroup", "bytegroup")]]
         + [Extension("ingest._blake3", sources=BLAKE3_SOURCES, include_dirs=["native"],
                      define_macros=BLAKE3_MACROS, extra_objects=BLAKE3_ASM,
+                     depends=["native/blake3_target.h"],
                      extra_compile_args=["-O3"])],
         compiler_directives={"language_level": "3"},
     ),

@@ -1,26 +1,5 @@
-/* The vendored blake3/blake3_avx512.c, compiled with AVX-512F+VL enabled for this file only.
- *
- * setuptools has no per-source compiler flags, so instead of -mavx512f -mavx512vl
- * the target is set here: a GCC target pragma, or for clang (which ignores
- * GCC's) a target attribute pushed onto every function.  The headers come
- * first so that only BLAKE3's own functions get the target.  blake3_dispatch.c
- * calls this code only after cpuid says the CPU has AVX-512F+VL, so the rest of
- * the module stays baseline.  On other architectures this file is empty. */
-#if defined(__x86_64__) || defined(_M_X64) || defined(__i386__) || defined(_M_IX86)
-#include "blake3/blake3_impl.h"
-#include <immintrin.h>
-#if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx512f,avx512vl"))), apply_to = function)
-#include "blake3/blake3_avx512.c"
-#pragma clang attribute pop
-#elif defined(__GNUC__)
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx512vl")
-#include "blake3/blake3_avx512.c"
-#pragma GCC pop_options
-#else /* MSVC compiles intrinsics without target flags */
-#include "blake3/blake3_avx512.c"
-#endif
-#else
-typedef int blake3_avx512_target_unused; /* ISO C forbids an empty translation unit */
-#endif
+/* The vendored blake3/blake3_avx512.c with AVX-512F and AVX-512VL enabled for this file only
+ * (see blake3_target.h). */
+#define BLAKE3_TARGET "avx512f,avx512vl"
+#define BLAKE3_SOURCE "blake3/blake3_avx512.c"
+#include "blake3_target.h"
