@@ -68,7 +68,8 @@ class IngestResult:
     new_chunks: int
     new_bytes: int        # raw bytes of chunks not stored before
     dedup_bytes: int      # size - new_bytes
-    stored_bytes: int     # bytes this file added to packs (frames, compressed)
+    stored_bytes: int     # bytes this file added to packs (frames, compressed; of a shared
+                          # frame, its part by raw bytes)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -153,6 +154,16 @@ class _Written:
     frames: list               # frames this file created
     new_chunks: int
     new_bytes: int
+    # Raw bytes this file put in each of `frames`, when it shared them with
+    # other files (None: the frames are the file's own).
+    shares: list[int] | None = None
+
+    def stored_bytes(self) -> int:
+        """Stored bytes of the frames this file created; a shared frame's by
+        the file's part of its raw bytes."""
+        if self.shares is None:
+            return sum(fr.length for fr in self.frames)
+        return sum(fr.length * b // max(fr.raw_len, 1) for fr, b in zip(self.frames, self.shares))
 
 
 class _FileState:
@@ -481,24 +492,41 @@ class WriteSession:
 
     async def write_scanned_many(self, scans: list) -> list[_Written]:
         """write_scanned of many small files, with one index lookup for all
-        their chunks (a lookup costs ~35 us however few ids it gets)."""
+        their chunks (a lookup costs ~35 us however few ids it gets).  The
+        new chunks of files that are not safetensors share frames (up to
+        frame_size raw bytes each), compressed together: a frame per file
+        was a pool hop, a codec choice and a pack footer row per file, and
+        the per-file steps on the event loop were most of a tree of small
+        files' time.  A safetensors file keeps frames of its own, coded by
+        its dtypes."""
         if not scans:
             return []
         index = self.repo.index
         found, locs = index.lookup(np.concatenate([ids for _, _, ids, _ in scans]))
         version = index.version
         out, pos = [], 0
-        frames: list[_Frame] = []
+        frames: list[_Frame] = []        # frames to place, in order
+        shared: list = [None]            # the shared frame being filled
+        left = sum(len(d) for d, _, _, _ in scans)
         try:
             for data, ends, ids, sha in scans:
                 n = len(ends)
-                out.append(await self.write_scanned(
-                    data, ends, ids, sha, (found[pos:pos + n], locs[pos:pos + n], version),
-                    collect=frames))
+                looked = (found[pos:pos + n], locs[pos:pos + n], version)
                 pos += n
+                view = memoryview(data)
+                if parse_safetensors_header(view) is None and index.version == version:
+                    out.append(self._frame_shared(view, ends, ids, sha, looked, shared, frames, left))
+                else:
+                    out.append(await self.write_scanned(data, ends, ids, sha, looked, collect=frames))
+                left -= len(data)
                 if len(frames) >= self.max_frames:     # bounded like one file's frames
-                    await self._place_many(frames)
-                    frames = []
+                    if frames[-1] is shared[0]:
+                        frames.pop()
+                        await self._place_many(frames)
+                        frames = [shared[0]]
+                    else:
+                        await self._place_many(frames)
+                        frames = []
         except BaseException:
             # Other files may already dedup against these frames' chunks.
             for frame in frames:
@@ -507,6 +535,49 @@ class WriteSession:
         if frames:
             await self._place_many(frames)
         return out
+
+    def _frame_shared(self, view: memoryview, ends: np.ndarray, ids: np.ndarray,
+                      sha256: bytes | None, looked, shared: list, frames: list,
+                      left: int) -> _Written:
+        """A whole small file's data phase, without awaiting: its new chunks
+        go into the shared frame `shared[0]` (a new one in `frames` when it
+        is full), and it is returned as written."""
+        found, locs, _ = looked
+        n = len(ends)
+        lengths = np.diff(ends, prepend=np.uint64(0)) if n else np.empty(0, np.uint64)
+        locs["length"] = lengths
+        d = _Deferred()
+        mine: list[_Frame] = []
+        shares: list[int] = []
+        new_chunks = new_bytes = 0
+        missing = np.flatnonzero(~found)
+        if len(missing):
+            pending = self._pending
+            limit = self.frame_size - self.params.max_size
+            starts = (ends[missing] - lengths[missing]).tolist()
+            for i, cid, s, ln in zip(missing.tolist(), ids[missing].view("V32").reshape(-1).tolist(),
+                                     starts, lengths[missing].tolist()):
+                hit = pending.get(cid)
+                if hit is None:
+                    frame = shared[0]
+                    if frame is None or frame.fill > limit or len(frame.lengths) == MAX_FRAME_CHUNKS:
+                        frame = shared[0] = _Frame(max(1, min(self.frame_size, left)))
+                        frames.append(frame)
+                    if frame.fill + ln > frame.data.nbytes:
+                        frame.grow(frame.fill + ln)
+                    frame.data[frame.fill:frame.fill + ln] = view[s:s + ln]
+                    hit = pending[cid] = (frame, frame.fill)
+                    frame.fill += ln
+                    frame.ids.append(ids[i:i + 1])
+                    frame.lengths.append(ln)
+                    new_chunks += 1
+                    new_bytes += ln
+                    if not mine or mine[-1] is not frame:
+                        mine.append(frame)
+                        shares.append(0)
+                    shares[-1] += ln
+                d.add(i, hit[0], hit[1])
+        return _Written(view.nbytes, sha256, ids, locs, d, mine, new_chunks, new_bytes, shares)
 
     async def _absorb(self, st: "_FileState", view: memoryview, ends: np.ndarray,
                       ids: np.ndarray, looked=None) -> int:
@@ -659,15 +730,65 @@ class WriteSession:
         manifest and ref.  With `flush`, seal the open pack now instead of
         waiting for it to fill (a single upload wants its answer now; a tree
         of files shares packs and flushes once at the end)."""
-        d = w.deferred
-        placed = {id(fr): fr for fr in d.frames}
+        await self._stored(w.deferred.frames, flush)
+        manifest = self._locate(w)
+        fid = manifest.file_id
+        await self._meta.write(fid, manifest, ref, w.size, w.sha256)
+        return _result(w, ref, fid)
+
+    async def commit_many(self, ws: list[_Written], refs: list[str | None]
+                          ) -> list[IngestResult | BaseException]:
+        """commit() of many files at once (a batch of a tree's small files,
+        which mostly share their frames and packs): each frame and pack is
+        waited for once, and the manifests and refs go to the meta writer
+        together.  Per file its result, or the error that failed it (a
+        failing file does not fail the others)."""
+        frames = {id(fr): fr for w in ws for fr in w.deferred.frames}
+        try:
+            await self._stored(frames.values(), False)
+        except Exception:
+            # Some frame or pack failed: which files does it fail?
+            return await asyncio.gather(*(self.commit(w, ref, flush=False)
+                                          for w, ref in zip(ws, refs)), return_exceptions=True)
+        out: list = [None] * len(ws)
+        todo, items = [], []
+        for k, (w, ref) in enumerate(zip(ws, refs)):
+            try:
+                manifest = self._locate(w)
+                fid = manifest.file_id
+            except Exception as e:
+                out[k] = e
+                continue
+            todo.append((k, fid))
+            items.append((fid, manifest, ref, w.size, w.sha256))
+        for (k, fid), fut in zip(todo, await self._meta.write_many(items)):
+            e = fut.exception()
+            out[k] = e if e is not None else _result(ws[k], refs[k], fid)
+        return out
+
+    async def _stored(self, frames, flush: bool) -> None:
+        """Wait until `frames` are placed and their packs stored (sealing the
+        open pack first if `flush` and they use it)."""
+        placed = {id(fr): fr for fr in frames}
         for fr in placed.values():
-            await asyncio.shield(fr.placed)
+            if not fr.placed.done():
+                await asyncio.shield(fr.placed)
+            elif fr.placed.exception() is not None:
+                raise fr.placed.exception()
         packs = {id(fr.pack): fr.pack for fr in placed.values()}
         if flush and self._pack is not None and id(self._pack) in packs:
             await self._seal()
         for pk in packs.values():
-            await asyncio.shield(pk.stored)
+            if not pk.stored.done():
+                await asyncio.shield(pk.stored)
+            elif pk.stored.exception() is not None:
+                raise pk.stored.exception()
+
+    @staticmethod
+    def _locate(w: _Written) -> Manifest:
+        """The file's manifest, its new chunks' rows filled in from where
+        their frames were placed."""
+        d = w.deferred
         locs = w.locs
         if len(d):
             # Vectorized: one structured-row update per chunk was 5 us each
@@ -680,12 +801,12 @@ class WriteSession:
             for col in ("pack", "frame_offset", "frame_length", "frame_raw", "codec"):
                 locs[col][rows] = table[col][of]
             locs["offset"][rows] = np.array(d.offsets, dtype=np.uint32)
-        manifest = Manifest.from_locations(w.size, w.sha256, w.ids, locs)
-        fid = manifest.file_id
-        await self._meta.write(fid, manifest, ref, w.size, w.sha256)
-        stored = sum(fr.length for fr in w.frames)
-        return IngestResult(ref, fid.hex(), w.size, w.sha256 and w.sha256.hex(), len(locs),
-                            w.new_chunks, w.new_bytes, w.size - w.new_bytes, stored)
+        return Manifest.from_locations(w.size, w.sha256, w.ids, locs)
+
+
+def _result(w: _Written, ref: str | None, fid: bytes) -> IngestResult:
+    return IngestResult(ref, fid.hex(), w.size, w.sha256 and w.sha256.hex(), len(w.locs),
+                        w.new_chunks, w.new_bytes, w.size - w.new_bytes, w.stored_bytes())
 
 
 class _MetaWriter:
@@ -726,6 +847,19 @@ class _MetaWriter:
         if self._task is None or self._task.done():
             self._task = asyncio.ensure_future(self._run())
         await asyncio.shield(fut)
+
+    async def write_many(self, items: list[tuple]) -> list[asyncio.Future]:
+        """write() of many (file id, manifest, ref, size, sha256) at once;
+        per item its future, done (with its error, if it failed) when this
+        returns."""
+        loop = asyncio.get_running_loop()
+        futs = [loop.create_future() for _ in items]
+        self._queue.extend(zip(items, futs))
+        if self._task is None or self._task.done():
+            self._task = asyncio.ensure_future(self._run())
+        if futs:
+            await asyncio.shield(asyncio.wait(futs))
+        return futs
 
     async def _run(self) -> None:
         while self._queue:

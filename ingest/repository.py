@@ -262,8 +262,20 @@ class Repository:
             late = [asyncio.ensure_future(one(*job)) for job in grown]
             wrote(len(small))
             try:
-                await asyncio.gather(*(commit(job[0], w, job[2])
-                                       for (job, _), w in zip(small, ws)), *late)
+                # Committed together: the batch's files mostly wait for the
+                # same frames and pack.
+                got = await s.commit_many(ws, [job[2] for job, _ in small])
+                failed = None
+                for (job, _), r in zip(small, got):
+                    if isinstance(r, BaseException):
+                        failed = failed or r
+                        continue
+                    results[job[0]] = r
+                    if on_result:
+                        on_result(r)
+                await asyncio.gather(*late)
+                if failed is not None:
+                    raise failed
             except BaseException:
                 for t in late:
                     t.cancel()
