@@ -172,6 +172,32 @@ def test_local_put_many_leaves_no_temporary_files(tmp_path):
     assert not list((tmp_path / "s" / "%tmp").iterdir())
 
 
+def test_local_store_remakes_directories_removed_under_it(tmp_path):
+    """The store remembers the directories it made; one that someone else
+    removed since is made again, not an error, for a batch and for a
+    streamed object; replaced objects leave no temporary file."""
+    import shutil
+    root = tmp_path / "s"
+    store = LocalStore(root)
+    assert store._put_many([("files/a", b"a"), ("refs/x/y/z", b"z")], True) == [True, True]
+    shutil.rmtree(root / "files")
+    shutil.rmtree(root / "refs" / "x")
+    assert store._put_many([("files/b", b"b")], True) == [True]
+    assert store._put_many([("refs/x/y/z", b"z2"), ("refs/x/y/w", b"w")], False) == [True, True]
+    shutil.rmtree(root / "refs" / "x")
+
+    async def streamed():
+        w = store.open_put()
+        await w.write([b"str", b"eamed"])
+        assert await w.commit("refs/x/y/s")
+    run(streamed())
+    assert run(store.get_many(["files/a", "files/b", "refs/x/y/z", "refs/x/y/s"])) \
+        == [None, b"b", None, b"streamed"]
+    assert run(store.get("refs/x/y/s", 3)) == b"eamed" and run(store.get("refs/x/y/s", 8)) == b""
+    assert run(store.get("refs/x/y/s", 99)) == b""
+    assert not list((root / "%tmp").iterdir())
+
+
 @pytest.mark.skipif(local_mod._syncfs is None, reason="syncfs(2) is Linux-only")
 def test_local_batch_sync_syncs_the_file_system_not_each_object(tmp_path, monkeypatch):
     """A batch of at least SYNC_FS_FROM objects: one syncfs() before the

@@ -29,6 +29,7 @@ TMP = "%tmp"
 RANGE_FILES = 64      # objects kept open for ranged reads (a restore's packs)
 SYNC_FS_FROM = 4      # a batch of at least this many objects is made durable with syncfs()
 TMP_STALE_SECONDS = 24 * 3600   # a temporary file untouched this long is a crashed writer's
+MAX_KNOWN_DIRS = 4096           # directories a store remembers having made
 
 
 def _enc(part: str) -> str:
@@ -76,6 +77,9 @@ class LocalStore(Store):
         self._open: OrderedDict[str, list] = OrderedDict()
         self._open_lock = threading.Lock()
         self._swept = False
+        # Directories this store made or found (bounded): a mkdir per object
+        # was a syscall and a caught FileExistsError each.
+        self._dirs: set[Path] = set()
 
     def _path(self, key: str) -> Path:
         parts = check_key(key).split("/")
@@ -148,7 +152,7 @@ class LocalStore(Store):
                 path = self._path(key)
                 if if_absent and path.exists():
                     continue
-                path.parent.mkdir(parents=True, exist_ok=True)
+                self._mkdirs(path.parent)
                 tmp, fd = self._new_tmp()
                 staged.append([key, tmp, path, fd])
                 where.append(i)
@@ -162,6 +166,13 @@ class LocalStore(Store):
             return results
         finally:
             self._discard(staged)
+
+    def _mkdirs(self, d: Path) -> None:
+        if d not in self._dirs:
+            d.mkdir(parents=True, exist_ok=True)
+            if len(self._dirs) >= MAX_KNOWN_DIRS:
+                self._dirs.clear()
+            self._dirs.add(d)
 
     def _settle(self, staged: list[list], if_absent: bool) -> list[bool]:
         """Make written temporary files ([key, temporary path, final path,
@@ -186,7 +197,15 @@ class LocalStore(Store):
                 key, tmp, path, fd = st
                 os.close(fd)
                 st[3] = None
-                placed.append(self._place(tmp, path, key, if_absent))
+                try:
+                    placed.append(self._place(tmp, path, key, if_absent))
+                except FileNotFoundError:
+                    # Its directory was removed (by someone else) since it was made.
+                    self._dirs.discard(path.parent)
+                    self._mkdirs(path.parent)
+                    placed.append(self._place(tmp, path, key, if_absent))
+                if not if_absent:
+                    st[1] = None                # renamed: no temporary name left
                 dirs.add(path.parent)
             if whole_fs:
                 key = f"a batch of {len(staged)} objects"
@@ -206,6 +225,8 @@ class LocalStore(Store):
             if st[3] is not None:
                 os.close(st[3])
                 st[3] = None
+            if st[1] is None:
+                continue
             try:
                 os.unlink(st[1])
             except OSError:
@@ -226,10 +247,24 @@ class LocalStore(Store):
             return self._get_range(key, start, end)
         path = self._path(key)
         try:
-            with open(path, "rb") as f:
-                if start:
-                    f.seek(start)
-                return f.read() if end is None else f.read(max(0, end - start))
+            # os-level calls, not open(): a tree's re-ingest reads a ref per
+            # file, and most of a missing one's cost was building the file
+            # object and its exception.
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                parts = []
+                pos = start
+                want = max(os.fstat(fd).st_size - pos, 0) + 1    # + 1: sees a file that grew
+                while True:
+                    more = os.pread(fd, want, pos)
+                    parts.append(more)
+                    if len(more) < want:            # the end of a regular file
+                        break
+                    pos += len(more)
+                    want = 1 << 20
+                return parts[0] if len(parts) == 1 else b"".join(parts)
+            finally:
+                os.close(fd)
         except FileNotFoundError:
             raise ObjectNotFound(f"object not found: {key}") from None
         except IsADirectoryError:
@@ -435,12 +470,13 @@ class _LocalPut(PutStream):
         st = [key, self._tmp, path, self._fd]
         try:
             try:
-                path.parent.mkdir(parents=True, exist_ok=True)
+                self._store._mkdirs(path.parent)
             except OSError as e:
                 raise StoreError(f"cannot write {key}: {e.strerror or e}") from None
             return self._store._settle([st], if_absent)[0]
         finally:
             self._fd = st[3]                    # None once _settle closed it
+            self._tmp = st[1]                   # None once renamed into place
             self._drop()
 
     def _drop(self) -> None:
