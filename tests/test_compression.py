@@ -55,6 +55,20 @@ def test_a_grouping_guessed_from_the_middle_is_checked_on_the_whole_frame():
     assert c.compress(frame, 4)[0] == ZSTD_BG4
 
 
+def test_a_frame_incompressible_in_the_middle_is_still_compressed():
+    """The middle sample says raw, but the frame is mostly text (a Parquet
+    file's first frame was like this): it is compressed, not stored raw.
+    A frame random all through stays raw."""
+    c = Compressor(3)
+    frame = TEXT[:3 << 17] + RANDOM[:1 << 18] + TEXT[3 << 17:6 << 17]
+    mid = len(frame) // 2
+    assert len(c._zc.compress(frame[mid - 16384:mid + 16384])) > 0.97 * 32768
+    codec, out = c.compress(frame)
+    assert codec == ZSTD and sum(map(len, out)) < 0.5 * len(frame)
+    assert decompress(codec, b"".join(out), len(frame)) == frame
+    assert c.compress(RANDOM)[0] == RAW
+
+
 @settings(max_examples=80, deadline=None)
 @given(data=st.binary(max_size=5000), k=st.sampled_from([1, 2, 3, 4, 8]))
 def test_native_grouping_matches_reference(data, k):
