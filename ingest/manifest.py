@@ -68,6 +68,15 @@ class Manifest:
         frames are numbered in order of first use."""
         if len(locs) > _LOOP_UP_TO:
             return cls._from_many_locations(size, sha256, ids, locs)
+        if len(locs) == 1:
+            # One chunk, one frame, one pack: most small files.
+            loc = locs[0]
+            frames = np.empty(1, dtype=FRAME_ROW)
+            frames[0] = (0, loc["frame_offset"], loc["frame_length"], loc["frame_raw"], loc["codec"])
+            chunks = np.empty(1, dtype=CHUNK_ROW)
+            chunks[0] = (np.ascontiguousarray(ids, dtype=np.uint8).tobytes(), 0,
+                         loc["offset"], loc["length"])
+            return cls(size, sha256, [bytes(loc["pack"])], frames, chunks)
         packs: dict[bytes, int] = {}
         frame_keys: dict[tuple[bytes, int], int] = {}
         frames: list[tuple] = []

@@ -174,3 +174,29 @@ def test_threads_hashing_at_once(data):
         got = list(pool.map(lambda e: hashing.chunk_ids(data, e), ends))
     for e, g in zip(ends, got):
         assert np.array_equal(g, reference(data, e))
+
+
+def _file_id_by_the_spec(rows: list[tuple[bytes, int]]) -> bytes:
+    """hashing's module docstring, written out without numpy."""
+    leaf = [cid + n.to_bytes(8, "little") for cid, n in rows]
+    level = [blake3.blake3(b"\x00" + b"".join(leaf[i:i + 64])).digest()
+             for i in range(0, max(len(leaf), 1), 64)]
+    k = 1
+    while len(level) > 1:
+        level = [blake3.blake3(bytes([k]) + b"".join(level[i:i + 64])).digest()
+                 for i in range(0, len(level), 64)]
+        k += 1
+    return level[0]
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 63, 64, 65, 4096, 4097])
+def test_file_id_follows_the_spec(n):
+    """The file id of any number of rows (one row takes a path of its own)
+    is the Merkle root the docstring and FORMAT.md define."""
+    r = np.random.default_rng(n)
+    ids = r.integers(0, 256, (n, 32), dtype=np.uint8)
+    lengths = r.integers(0, 1 << 40, n, dtype=np.uint64)
+    want = _file_id_by_the_spec([(bytes(ids[i]), int(lengths[i])) for i in range(n)])
+    assert hashing.file_id(ids, lengths) == want
+    if n == 1:
+        assert hashing.file_id(ids[0], lengths) == want   # one id as a flat row
