@@ -525,13 +525,11 @@ class WriteSession:
                     out.append(await self.write_scanned(data, ends, ids, sha, looked, collect=frames))
                 left -= len(data)
                 if len(frames) >= self.max_frames:     # bounded like one file's frames
-                    if frames[-1] is shared[0]:
-                        frames.pop()
-                        await self._place_many(frames)
-                        frames = [shared[0]]
-                    else:
-                        await self._place_many(frames)
-                        frames = []
+                    # All but the shared frame still being filled (it may
+                    # sit before a safetensors file's frames).
+                    full = [f for f in frames if f is not shared[0]]
+                    frames = [f for f in frames if f is shared[0]]
+                    await self._place_many(full)
         except BaseException:
             # Other files may already dedup against these frames' chunks.
             for frame in frames:

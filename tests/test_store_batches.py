@@ -363,6 +363,41 @@ def test_small_files_of_a_tree_share_frames(tmp_path):
     run(go())
 
 
+def test_small_safetensors_files_between_shared_frames(tmp_path, monkeypatch):
+    """Small safetensors files (frames of their own) between other small
+    files of one batch: once the batch holds max_frames frames they are
+    placed, but not the shared frame still being filled, which comes before
+    them (it was placed with them, and the next file wrote into it)."""
+    import json
+    import struct
+    import numpy as np
+    rng = np.random.default_rng(5)
+    tree = tmp_path / "tree"
+    tree.mkdir()
+
+    def safetensors(path, n):
+        header = json.dumps({"w": {"dtype": "BF16", "shape": [n], "data_offsets": [0, 2 * n]}}).encode()
+        w = (rng.standard_normal(n).astype(np.float32).view(np.uint32) >> 16).astype(np.uint16)
+        path.write_bytes(struct.pack("<Q", len(header)) + header + w.tobytes())
+
+    (tree / "a.json").write_bytes(b'{"a": 1}' * 500)
+    safetensors(tree / "b.safetensors", 900_000)       # 1.8 MB: two frames each
+    safetensors(tree / "c.safetensors", 900_000)
+    (tree / "d.json").write_bytes(b'{"d": 2}' * 700)
+    (tree / "e.bin").write_bytes(rng.bytes(5000))
+    from ingest import pipeline
+    monkeypatch.setattr(pipeline.os, "cpu_count", lambda: 2)    # max_frames 4, as on CI
+
+    async def go():
+        async with await Repository.open(tmp_path / "store") as repo:
+            results = await repo.put_tree([tree], sha256=False)
+            assert sorted(r.ref for r in results) == sorted(f"tree/{p.name}" for p in tree.iterdir())
+            for r in results:
+                assert await repo.read(r.ref) == (tmp_path / r.ref).read_bytes()
+            assert (await repo.verify()).ok
+    run(go())
+
+
 class OneBadRef(LocalStore):
     """Refuses to write one ref: the others of its batch must still land."""
 
