@@ -117,6 +117,15 @@ class _Frame:
         # file may dedup against this frame before it is even submitted.
         self.placed: asyncio.Future = asyncio.get_running_loop().create_future()
 
+    def add(self, ids: np.ndarray, length: int) -> int:
+        """Count in a chunk of `length` bytes (its id row `ids`) at the end
+        of the frame; its offset in the frame.  The caller copies its bytes."""
+        offset = self.fill
+        self.fill += length
+        self.ids.append(ids)
+        self.lengths.append(length)
+        return offset
+
     def grow(self, size: int) -> None:
         data = uninitialized(max(size, 2 * self.data.nbytes))
         data[:self.fill] = self.data[:self.fill]
@@ -514,12 +523,17 @@ class WriteSession:
         shared: list = [None]            # the shared frame being filled
         left = sum(len(d) for d, _, _, _ in scans)
         try:
-            for data, ends, ids, sha in scans:
+            for k, (data, ends, ids, sha) in enumerate(scans):
+                if index.version != version:
+                    # A pack was indexed (its chunks left _pending) while this
+                    # batch waited: the rest of it is looked up again.
+                    found, locs = index.lookup(np.concatenate([sc[2] for sc in scans[k:]]))
+                    version, pos = index.version, 0
                 n = len(ends)
                 looked = (found[pos:pos + n], locs[pos:pos + n], version)
                 pos += n
                 view = memoryview(data)
-                if parse_safetensors_header(view) is None and index.version == version:
+                if parse_safetensors_header(view) is None:
                     out.append(self._frame_shared(view, ends, ids, sha, looked, shared, frames, left))
                 else:
                     out.append(await self.write_scanned(data, ends, ids, sha, looked, collect=frames))
@@ -558,7 +572,6 @@ class WriteSession:
         missing = np.flatnonzero(~found)
         if len(missing):
             pending = self._pending
-            limit = self.frame_size - self.params.max_size
             cap = min(self.frame_size, SHARED_FRAME)
             starts = (ends[missing] - lengths[missing]).tolist()
             for i, cid, s, ln in zip(missing.tolist(), ids[missing].view("V32").reshape(-1).tolist(),
@@ -566,17 +579,13 @@ class WriteSession:
                 hit = pending.get(cid)
                 if hit is None:
                     frame = shared[0]
-                    if (frame is None or frame.fill > limit or len(frame.lengths) == MAX_FRAME_CHUNKS
-                            or (frame.fill and frame.fill + ln > cap)):
+                    if frame is None or self._frame_full(frame) or (frame.fill and frame.fill + ln > cap):
                         frame = shared[0] = _Frame(max(1, min(cap, self.frame_size, left)))
                         frames.append(frame)
                     if frame.fill + ln > frame.data.nbytes:
                         frame.grow(frame.fill + ln)
                     frame.data[frame.fill:frame.fill + ln] = view[s:s + ln]
-                    hit = pending[cid] = (frame, frame.fill)
-                    frame.fill += ln
-                    frame.ids.append(ids[i:i + 1])
-                    frame.lengths.append(ln)
+                    hit = pending[cid] = (frame, frame.add(ids[i:i + 1], ln))
                     new_chunks += 1
                     new_bytes += ln
                     if not mine or mine[-1] is not frame:
@@ -593,7 +602,6 @@ class WriteSession:
         index version) of its ids, from a lookup done for many files."""
         if not len(ends):
             return 0
-        p = self.params
         tail = int(ends[-1])
         starts = np.empty(len(ends), dtype=np.uint64)
         starts[0] = 0
@@ -628,7 +636,6 @@ class WriteSession:
                         frame = st.frame
                         if st.dtypes is not None and not frame.fill:
                             frame.element_size = st.dtypes.element_size(st.base + s)
-                        hit = (frame, frame.fill)
                         if frame.fill + ln > frame.data.nbytes:     # the file grew past its size
                             _copy_run(run, src)
                             run = None
@@ -640,14 +647,10 @@ class WriteSession:
                         else:
                             _copy_run(run, src)
                             run = [frame, frame.fill, s, ln]
-                        frame.fill += ln
-                        frame.ids.append(ids[i:i + 1])
-                        frame.lengths.append(ln)
-                        self._pending[cid] = hit
+                        hit = self._pending[cid] = (frame, frame.add(ids[i:i + 1], ln))
                         st.new_chunks += 1
                         st.new_bytes += ln
-                        if (frame.fill > self.frame_size - p.max_size
-                                or len(frame.lengths) == MAX_FRAME_CHUNKS):
+                        if self._frame_full(frame):
                             _copy_run(run, src)
                             run = None
                             await self._submit_for(st)
@@ -661,6 +664,12 @@ class WriteSession:
         st.nchunks += len(ends)
         st.base += tail
         return tail
+
+    def _frame_full(self, frame: _Frame) -> bool:
+        """No chunk may be added: one more could take it past frame_size, or
+        past the u16 chunk count of its header."""
+        return (frame.fill > self.frame_size - self.params.max_size
+                or len(frame.lengths) == MAX_FRAME_CHUNKS)
 
     async def _submit_for(self, st: "_FileState") -> None:
         st.frames.append(st.frame)
@@ -750,9 +759,8 @@ class WriteSession:
         waited for once, and the manifests and refs go to the meta writer
         together.  Per file its result, or the error that failed it (a
         failing file does not fail the others)."""
-        frames = {id(fr): fr for w in ws for fr in w.deferred.frames}
         try:
-            await self._stored(frames.values(), False)
+            await self._stored([fr for w in ws for fr in w.deferred.frames], False)
         except Exception:
             # Some frame or pack failed: which files does it fail?
             return await asyncio.gather(*(self.commit(w, ref, flush=False)
@@ -778,18 +786,12 @@ class WriteSession:
         open pack first if `flush` and they use it)."""
         placed = {id(fr): fr for fr in frames}
         for fr in placed.values():
-            if not fr.placed.done():
-                await asyncio.shield(fr.placed)
-            elif fr.placed.exception() is not None:
-                raise fr.placed.exception()
+            await asyncio.shield(fr.placed)
         packs = {id(fr.pack): fr.pack for fr in placed.values()}
         if flush and self._pack is not None and id(self._pack) in packs:
             await self._seal()
         for pk in packs.values():
-            if not pk.stored.done():
-                await asyncio.shield(pk.stored)
-            elif pk.stored.exception() is not None:
-                raise pk.stored.exception()
+            await asyncio.shield(pk.stored)
 
     @staticmethod
     def _locate(w: _Written) -> Manifest:
@@ -857,11 +859,8 @@ class _MetaWriter:
                     sha256: bytes | None) -> None:
         """Store `manifest` (encoded only if it is written: a re-ingest whose
         ref already names the file writes nothing) and then the ref."""
-        fut = asyncio.get_running_loop().create_future()
-        self._queue.append(((fid, manifest, ref, size, sha256), fut))
-        if self._task is None or self._task.done():
-            self._task = asyncio.ensure_future(self._run())
-        await asyncio.shield(fut)
+        (fut,) = await self.write_many([(fid, manifest, ref, size, sha256)])
+        fut.result()
 
     async def write_many(self, items: list[tuple]) -> list[asyncio.Future]:
         """write() of many (file id, manifest, ref, size, sha256) at once;

@@ -249,20 +249,11 @@ class LocalStore(Store):
         try:
             # os-level calls, not open(): a tree's re-ingest reads a ref per
             # file, and most of a missing one's cost was building the file
-            # object and its exception.
+            # object and its exception.  An object is never written in place
+            # (it is renamed or linked there whole), so its size is final.
             fd = os.open(path, os.O_RDONLY)
             try:
-                parts = []
-                pos = start
-                want = max(os.fstat(fd).st_size - pos, 0) + 1    # + 1: sees a file that grew
-                while True:
-                    more = os.pread(fd, want, pos)
-                    parts.append(more)
-                    if len(more) < want:            # the end of a regular file
-                        break
-                    pos += len(more)
-                    want = 1 << 20
-                return parts[0] if len(parts) == 1 else b"".join(parts)
+                return _pread_all(fd, start, os.fstat(fd).st_size - start)
             finally:
                 os.close(fd)
         except FileNotFoundError:
@@ -282,16 +273,7 @@ class LocalStore(Store):
         at the object's end."""
         entry = self._acquire(key)
         try:
-            want = max(0, end - start)
-            parts: list[bytes] = []
-            got = 0
-            while got < want:                   # pread may return less before the end
-                more = os.pread(entry[0], want - got, start + got)
-                if not more:
-                    break
-                parts.append(more)
-                got += len(more)
-            return parts[0] if len(parts) == 1 else b"".join(parts)
+            return _pread_all(entry[0], start, end - start)
         except OSError as e:
             raise StoreError(f"cannot read {key}: {e.strerror or e}") from None
         finally:
@@ -475,20 +457,12 @@ class _LocalPut(PutStream):
                 raise StoreError(f"cannot write {key}: {e.strerror or e}") from None
             return self._store._settle([st], if_absent)[0]
         finally:
-            self._fd = st[3]                    # None once _settle closed it
-            self._tmp = st[1]                   # None once renamed into place
-            self._drop()
+            self._store._discard([st])          # what _settle left: an fd, a temporary name
+            self._tmp = self._fd = None
 
     def _drop(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-        if self._tmp is not None:
-            try:
-                os.unlink(self._tmp)            # linked, or never placed; gone if renamed
-            except OSError:
-                pass
-            self._tmp = None
+        LocalStore._discard([[None, self._tmp, None, self._fd]])
+        self._tmp = self._fd = None
 
     async def write(self, parts: list) -> None:
         async with self._order:
@@ -517,6 +491,20 @@ def _load_syncfs():
 
 
 _syncfs = _load_syncfs()
+
+
+def _pread_all(fd: int, start: int, want: int) -> bytes:
+    """Up to `want` bytes of fd from `start`, fewer only at its end (pread
+    may return less before it)."""
+    parts: list[bytes] = []
+    got = 0
+    while got < want:
+        more = os.pread(fd, want - got, start + got)
+        if not more:
+            break
+        parts.append(more)
+        got += len(more)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 def _write_fd(fd: int, data) -> None:
