@@ -33,7 +33,8 @@ setup(
     ext_modules=cythonize(
         [Extension(f"ingest.{name}", sources=[f"native/{name}.pyx", f"native/{c}.c"],
                    include_dirs=["native"], extra_compile_args=["-O3"])
-         for name, c in [("_chunker", "gearcdc"), ("_bytegroup", "bytegroup")]]
+         for name, c in [("_chunker", "gearcdc"), ("_bytegroup", "bytegroup"),
+                                ("_mapped", "mapguard")]]
         + [Extension("ingest._blake3", sources=BLAKE3_SOURCES, include_dirs=["native"],
                      define_macros=BLAKE3_MACROS, extra_objects=BLAKE3_ASM,
                      depends=["native/blake3_target.h"],

@@ -1,28 +1,32 @@
 """The write path: bytes -> chunks -> ids -> dedup -> frames -> packs -> store.
 
 One `WriteSession` is shared by any number of files ingested together, so new
-chunks of many small files fill the same packs.  Per file, blocks are read
-into reused buffers; chunking, BLAKE3 and SHA-256 of a block run in the
-thread pool without the GIL (block k+1 chunked while block k is hashed); the
-whole block is looked up in the index at once; new chunks are copied into the
-file's current frame, and full frames are compressed in the pool and appended,
-in file order, to the session's open pack, which goes to the store 8 MiB at
-a time as it fills (Store.open_put) and is committed under its id when full.
+chunks of many small files fill the same packs.  Per file, blocks are windows
+of the file's mapping (a regular file: no copy, and no fresh memory to fault
+in; the frames hash their copies again, since a mapped file can change) or
+are read into reused buffers (streams); chunking, BLAKE3 and SHA-256 of a
+block run in the thread pool without the GIL (block k+1 chunked while block k
+is hashed); the whole block is looked up in the index at once; new chunks are
+copied into the file's current frame, and full frames are compressed in the
+pool and appended, in file order, to the session's open pack, which goes to
+the store 8 MiB at a time as it fills (Store.open_put) and is committed under
+its id when full.
 
 Write order (the crash-safety rule): a pack is stored, then its index shard;
 a file's manifest only after every pack it uses is stored; its ref last.  A
 crash leaves at most unreferenced packs, never a ref to something missing.
 
 Memory is bounded by configuration: per file in flight three block buffers
-plus `max_frames_in_flight` frames; per session the open pack (on the local
-store only its last unwritten 8 MiB; elsewhere all of it) plus
-`max_packs_in_flight` packs being uploaded.
+(or four mapped windows, page cache) plus `max_frames_in_flight` frames; per
+session the open pack (on the local store only its last unwritten 8 MiB;
+elsewhere all of it) plus `max_packs_in_flight` packs being uploaded.
 """
 from __future__ import annotations
 
 import asyncio
 import hashlib
 import os
+from mmap import ALLOCATIONGRANULARITY
 from array import array
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -31,6 +35,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from . import chunking, hashing
+from ._mapped import Window
 from .compression import Compressor
 from .index import LOCATION, encode_shard
 from .manifest import Manifest
@@ -100,10 +105,13 @@ class _Pack:
 class _Frame:
     """New chunks of one file, compressed together."""
     __slots__ = ("data", "fill", "ids", "lengths", "pack", "offset", "length", "raw_len",
-                 "codec", "placed", "element_size")
+                 "codec", "placed", "element_size", "source")
 
     def __init__(self, size: int) -> None:
         self.element_size: int | None = None       # from the file format, if it says
+        # The file its bytes were copied from, when that is a mapping whose
+        # bytes may change after they were hashed (None: a private buffer).
+        self.source: str | None = None
         # Allocated once at full size and filled in place: growing it chunk
         # by chunk cost 0.19 s of reallocation per 256 MiB.  Not zero-filled
         # (bytearray's memset of every frame was the loop thread's largest
@@ -199,6 +207,7 @@ class _FileState:
         self.nchunks = self.new_chunks = self.new_bytes = 0
         self.base = 0                              # file offset of the next block
         self.dtypes: DtypeMap | None = None
+        self.source: str | None = None             # see _Frame.source
 
     def written(self, sha256: bytes | None) -> _Written:
         ids = np.concatenate(self.ids) if self.ids else np.empty((0, 32), np.uint8)
@@ -273,8 +282,16 @@ class WriteSession:
 
     # -- CPU work, in the pool ------------------------------------------------
     def _compress(self, frame: _Frame):
-        return Compressor.for_thread(self.level).compress(
-            memoryview(frame.data)[:frame.fill], frame.element_size)
+        data = memoryview(frame.data)[:frame.fill]
+        if frame.source is not None:
+            # Copied from a mapping of a file that someone may change (or
+            # shrink: its pages then read as zeros) between the hashing and
+            # the copy: the ids are checked against the copy itself, or the
+            # index would name bytes that are not what is stored.
+            ends = np.cumsum(np.array(frame.lengths, dtype=np.uint64))
+            if not np.array_equal(hashing.chunk_ids(data, ends), np.concatenate(frame.ids)):
+                raise IngestError(f"{frame.source} changed while it was read")
+        return Compressor.for_thread(self.level).compress(data, frame.element_size)
 
     async def _run(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self.repo.executor, fn, *args)
@@ -376,6 +393,7 @@ class WriteSession:
                 await asyncio.shield(after)
             await self._add_frame(frame, codec, stored)
         except BaseException as e:
+            self._forget(frame)
             _fail(frame.placed, e)
             raise
         frame.placed.set_result(None)
@@ -390,8 +408,19 @@ class WriteSession:
                 frame.placed.set_result(None)
         except BaseException as e:
             for frame in frames:
+                if not frame.placed.done():
+                    self._forget(frame)
                 _fail(frame.placed, e)
             raise
+
+    def _forget(self, frame: _Frame) -> None:
+        """A frame that will not be stored: the files that already dedup
+        against its chunks fail with it, later ones store them again."""
+        pending = self._pending
+        for cid in np.concatenate(frame.ids).view("V32").reshape(-1).tolist() if frame.ids else ():
+            hit = pending.get(cid)
+            if hit is not None and hit[0] is frame:
+                del pending[cid]
 
     def _submit(self, frame: _Frame, after: asyncio.Future | None = None) -> asyncio.Future:
         # Placed by its own task as soon as it is compressed (and `after`,
@@ -413,66 +442,64 @@ class WriteSession:
         """The data phase: read, chunk, hash, dedup and frame every byte.
 
         A reader task fills a small pool of reused buffers ahead of the
-        scanner.  Blocks are pipelined: while block k's chunk ids are hashed
-        in the pool, block k+1 is chunked beside it, and SHA-256 of each
-        block runs chained beside both, so one file keeps two cores busy.
-        `size_hint` (a file's size) lets a small file use one buffer of its
-        own size instead of full blocks."""
+        scanner (`_write_blocks` has the rest).  `size_hint` (a file's size)
+        lets a small file use one buffer of its own size instead of full
+        blocks."""
+        return await self._write_blocks(_BufferedBlocks(self, readinto, size_hint), progress)
+
+    async def write_file(self, fd: int, size: int, first: Window,
+                         progress: Callable[[int], None] | None = None,
+                         name: str = "the file") -> _Written:
+        """write() of a regular file of `size` bytes through windows of its
+        mapping, with no copy into buffers.  `first`: the window of its first
+        block, mapped by the caller (who reads it the usual way if that
+        fails).  A file that shrinks while read raises IngestError instead of
+        SIGBUS; one that grows is ingested as of `size`, then IngestError."""
+        src = _MappedBlocks(fd, size, first, self.block_size, self.params.max_size, name)
+        w = await self._write_blocks(src, progress)
+        src.check_size()
+        return w
+
+    async def _write_blocks(self, src: "_BufferedBlocks | _MappedBlocks",
+                            progress: Callable[[int], None] | None) -> _Written:
+        """Blocks are pipelined: while block k's chunk ids are hashed in the
+        pool, block k+1 is chunked beside it, and SHA-256 of each block runs
+        chained beside both, so one file keeps two cores busy."""
         p = self.params
-        reserve = p.max_size                  # room for the unfinished chunk carried over
-        free: asyncio.Queue = asyncio.Queue()
-        if size_hint is not None and size_hint < self.block_size:
-            # One read fills it, the next sees EOF: no block-sized buffers
-            # (zero-filling 25 MB per small file was most of a tree's time).
-            block = size_hint + 1
-            pooled = []
-            free.put_nowait(uninitialized(reserve + block))
-        else:
-            block = self.block_size
-            pooled = [self._buffer() for _ in range(READ_AHEAD + 1)]
-            for b in pooled:
-                free.put_nowait(b)
-        ready: asyncio.Queue = asyncio.Queue()
-        reader = asyncio.ensure_future(self._read_blocks(readinto, free, ready, reserve, block))
-        st = _FileState(size_hint)
-        carry = b""
+        st = _FileState(src.size_hint)
+        st.source = src.changing
         scanned, eof = 0, False
         sha = hashlib.sha256() if self.sha256 else None
         sha_done: asyncio.Future | None = None
-        # Chunked blocks whose ids are being hashed: (buffer, view, ends, ids, sha done).
-        # At most one waits while the next is chunked; with a single buffer
-        # (a small file) none can wait, or the reader would have no buffer.
-        held = 1 if len(pooled) > 1 else 0
+        # Chunked blocks whose ids are being hashed: (token, view, ends, ids, sha done).
+        # At most `held` wait while the next is chunked (none when the
+        # source has a single buffer: the reader would have none to fill).
         blocks: deque = deque()
         try:
             while not eof or blocks:
                 if not eof:
-                    item = await ready.get()
-                    if isinstance(item, BaseException):
-                        raise item
-                    buf, n, eof = item
-                    t = len(carry)
-                    buf[reserve - t:reserve] = carry
-                    view = memoryview(buf)[reserve - t:reserve + n]
+                    token, view, fresh, eof = await src.next()
                     if sha is not None:
                         # SHA-256 of the new bytes, chained after the previous block's.
-                        sha_done = asyncio.ensure_future(self._sha_after(sha_done, sha, view[t:]))
-                    if not st.base and not blocks and n:
+                        sha_done = asyncio.ensure_future(self._sha_after(sha_done, sha, fresh))
+                    del fresh
+                    if not st.base and not blocks and len(view):
                         st.dtypes = parse_safetensors_header(view)
                     ends, scanned = await self._run(chunking.find_ends, view, eof, scanned, p)
-                    carry = bytes(view[int(ends[-1]) if len(ends) else 0:])   # < max_size bytes
+                    src.advance(view, int(ends[-1]) if len(ends) else 0)
                     ids = asyncio.ensure_future(self._run(hashing.chunk_ids, view, ends))
-                    blocks.append((buf, view, ends, ids, sha_done))
+                    blocks.append((token, view, ends, ids, sha_done))
                     del view
-                if eof or len(blocks) > held:
-                    buf, view, ends, ids, done = blocks.popleft()
+                if eof or len(blocks) > src.held:
+                    token, view, ends, ids, done = blocks.popleft()
                     tail = await self._absorb(st, view, ends, await ids)
                     if progress and tail:
                         progress(tail)
                     del view
                     if done is not None:
                         await done                # before the buffer is reused
-                    free.put_nowait(buf)
+                    src.release(token)
+                    del token
             await self._drain(st)
         except BaseException:
             for _, _, _, ids, _ in blocks:
@@ -482,8 +509,8 @@ class WriteSession:
             self._abandon(st)
             raise
         finally:
-            reader.cancel()
-            self._buffers.extend(pooled[:max(0, MAX_POOLED_BUFFERS - len(self._buffers))])
+            blocks.clear()
+            src.close()
         return st.written(sha.digest() if sha is not None else None)
 
     async def write_scanned(self, data, ends: np.ndarray, ids: np.ndarray,
@@ -706,34 +733,10 @@ class WriteSession:
         size = self.frame_size
         if st is not None and st.size_hint is not None:
             size = max(1, min(size, st.size_hint - st.base))
-        return _Frame(size)
-
-    def _buffer(self) -> memoryview:
-        """A block buffer, reused across files and sessions of the repository."""
-        if self._buffers:
-            return self._buffers.pop()
-        return uninitialized(self.params.max_size + self.block_size)
-
-    async def _read_blocks(self, readinto: ReadInto, free: asyncio.Queue,
-                           ready: asyncio.Queue, reserve: int, block: int) -> None:
-        """Fill free buffers after `reserve` bytes; queue (buffer, n, eof)."""
-        try:
-            eof = False
-            while not eof:
-                buf = await free.get()
-                mv = memoryview(buf)
-                end = reserve + block
-                pos = reserve
-                while pos < end:
-                    n = await readinto(mv[pos:end])
-                    if not n:
-                        eof = True
-                        break
-                    pos += n
-                del mv
-                ready.put_nowait((buf, pos - reserve, eof))
-        except BaseException as e:          # handed to the scanner, which raises it
-            ready.put_nowait(e)
+        frame = _Frame(size)
+        if st is not None:
+            frame.source = st.source
+        return frame
 
     async def _sha_after(self, prev: asyncio.Future | None, sha, data: memoryview) -> None:
         if prev is not None:
@@ -817,6 +820,151 @@ def _result(w: _Written, ref: str | None, fid: bytes) -> IngestResult:
     return IngestResult(ref, fid.hex(), w.size, w.sha256 and w.sha256.hex(), len(w.locs),
                         w.new_chunks, w.new_bytes, w.size - w.new_bytes, w.stored_bytes())
 
+
+
+class _BufferedBlocks:
+    """Blocks read into reused buffers: a reader task fills free buffers
+    (after `reserve` bytes of room for the unfinished chunk carried over) and
+    queues them, READ_AHEAD ahead of the scanner.  For streams, and files
+    that cannot be mapped."""
+
+    def __init__(self, session: WriteSession, readinto: ReadInto, size_hint: int | None) -> None:
+        self.size_hint = size_hint
+        self.reserve = reserve = session.params.max_size
+        self._pool = session._buffers      # outlive sessions (zero-filling was a fifth of a re-ingest)
+        self._free: asyncio.Queue = asyncio.Queue()
+        self._ready: asyncio.Queue = asyncio.Queue()
+        if size_hint is not None and size_hint < session.block_size:
+            # One read fills it, the next sees EOF: no block-sized buffers
+            # (zero-filling 25 MB per small file was most of a tree's time).
+            block = size_hint + 1
+            self._pooled: list[memoryview] = []
+            self._free.put_nowait(uninitialized(reserve + block))
+            self.held = 0
+        else:
+            block = session.block_size
+            self._pooled = [self._pool.pop() if self._pool else uninitialized(reserve + block)
+                            for _ in range(READ_AHEAD + 1)]
+            for b in self._pooled:
+                self._free.put_nowait(b)
+            self.held = 1
+        self.changing = None                # the buffers are ours: their bytes do not change
+        self._carry = b""
+        self._reader = asyncio.ensure_future(self._read(readinto, block))
+
+    async def _read(self, readinto: ReadInto, block: int) -> None:
+        """Fill free buffers after `reserve` bytes; queue (buffer, n, eof)."""
+        try:
+            eof = False
+            while not eof:
+                buf = await self._free.get()
+                mv = memoryview(buf)
+                end = self.reserve + block
+                pos = self.reserve
+                while pos < end:
+                    n = await readinto(mv[pos:end])
+                    if not n:
+                        eof = True
+                        break
+                    pos += n
+                del mv
+                self._ready.put_nowait((buf, pos - self.reserve, eof))
+        except BaseException as e:          # handed to the scanner, which raises it
+            self._ready.put_nowait(e)
+
+    async def next(self):
+        """(token, view from the unfinished chunk on, the new bytes, eof)."""
+        item = await self._ready.get()
+        if isinstance(item, BaseException):
+            raise item
+        buf, n, eof = item
+        t, r = len(self._carry), self.reserve
+        buf[r - t:r] = self._carry
+        view = memoryview(buf)[r - t:r + n]
+        return buf, view, view[t:], eof
+
+    def advance(self, view: memoryview, cut: int) -> None:
+        self._carry = bytes(view[cut:])           # < max_size bytes
+
+    def release(self, buf) -> None:
+        self._free.put_nowait(buf)
+
+    def close(self) -> None:
+        self._reader.cancel()
+        self._pool.extend(self._pooled[:max(0, MAX_POOLED_BUFFERS - len(self._pool))])
+
+
+class _MappedBlocks:
+    """A regular file's blocks as windows of its mapping (`_mapped.Window`):
+    no copy into a buffer, and no buffer whose fresh pages the kernel must
+    zero (on this VM, faulting in fresh memory was ~40% of a re-ingest's
+    samples).  Window k covers [k*block - reserve, (k+1)*block), so it starts
+    before the unfinished chunk the previous block left (< max_size bytes);
+    READ_AHEAD windows are mapped (MAP_POPULATE) ahead in threads.  A window
+    that cannot be mapped is read with pread instead."""
+
+    held = 1
+
+    def __init__(self, fd: int, size: int, first: Window, block: int, reserve: int,
+                 name: str) -> None:
+        self.fd, self.size, self.name = fd, size, name
+        self.changing = name                # frames check their copies (_Frame.source)
+        self.size_hint = size
+        self._block = block
+        self._reserve = reserve
+        self._n = max(1, -(-size // block))           # windows
+        self._ahead: deque = deque()                  # (start, future of a window)
+        done = asyncio.get_running_loop().create_future()
+        done.set_result(first)
+        self._ahead.append((0, done))
+        self._mapped = 1                              # windows asked for
+        self._k = 0                                   # windows handed out
+        self._start = 0                               # file offset of the unfinished chunk
+        self._seen = 0                                # bytes handed out as new
+
+    def _span(self, k: int) -> tuple[int, int]:
+        a = max(0, k * self._block - self._reserve)
+        return a - a % ALLOCATIONGRANULARITY, min(self.size, (k + 1) * self._block)
+
+    def _window(self, a: int, b: int):
+        try:
+            return Window(self.fd, a, b - a)
+        except OSError:                       # out of slots or address space: read it
+            data = os.pread(self.fd, b - a, a)
+            if len(data) != b - a:
+                raise IngestError(f"{self.name} shrank while it was read") from None
+            return data
+
+    async def next(self):
+        while self._mapped < self._n and self._mapped <= self._k + READ_AHEAD:
+            a, b = self._span(self._mapped)
+            self._ahead.append((a, asyncio.ensure_future(asyncio.to_thread(self._window, a, b))))
+            self._mapped += 1
+        a, fut = self._ahead.popleft()
+        w = await fut
+        if self._start < a:                   # cannot happen: the carry is < max_size
+            raise RuntimeError("unfinished chunk before its window")
+        self._k += 1
+        mv = memoryview(w)
+        fresh = mv[self._seen - a:]
+        self._seen = a + len(mv)
+        return w, mv[self._start - a:], fresh, self._k == self._n
+
+    def advance(self, view: memoryview, cut: int) -> None:
+        self._start += cut
+
+    def release(self, w) -> None:
+        if getattr(w, "faulted", False):
+            raise IngestError(f"{self.name} shrank while it was read")
+
+    def check_size(self) -> None:
+        if os.fstat(self.fd).st_size != self.size:
+            raise IngestError(f"{self.name} changed size while it was read")
+
+    def close(self) -> None:
+        for _, fut in self._ahead:
+            fut.add_done_callback(_consume)
+        self._ahead.clear()
 
 class _MetaWriter:
     """Writes the manifests and refs of files committed at about the same

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from . import hashing
+from ._mapped import Window
 from .compression import decompress
 from .config import KEY as CONFIG_KEY
 from .config import StoreConfig
@@ -318,7 +319,10 @@ class Repository:
                     return await asyncio.to_thread(f.readinto, out)
                 except OSError as e:
                     raise IngestError(f"cannot read {path}: {e.strerror}") from None
-            size = await asyncio.to_thread(lambda: os.fstat(f.fileno()).st_size)
+            fd = f.fileno()
+            size, first = await asyncio.to_thread(_map_first, fd, s.block_size)
+            if first is not None:
+                return await s.write_file(fd, size, first, progress, name=str(path))
             return await s.write(readinto, progress, size_hint=size)
         finally:
             f.close()
@@ -924,6 +928,18 @@ def _verify_pack(data: bytes, pack_id: bytes, what: str) -> tuple[set, int]:
                 raise IntegrityError(f"{what}: frame {fi} chunk at {c_off} does not match its id")
             good.add((foff, flen, raw_len, codec, c_off, c_len, cid))
     return good, len(data)
+
+
+def _map_first(fd: int, block: int) -> tuple[int, Window | None]:
+    """(size, the mapped window of its first block), or (size, None) when the
+    file is not a regular one or cannot be mapped: read it instead."""
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or not st.st_size:
+        return st.st_size, None
+    try:
+        return st.st_size, Window(fd, 0, min(st.st_size, block))
+    except OSError:
+        return st.st_size, None
 
 
 def _open_error(path, e: OSError) -> IngestError:

@@ -1,0 +1,241 @@
+"""Files read through windows of their mapping (ingest._mapped and the
+mapped path of the pipeline): the same chunks, ids and SHA-256 as reading
+them, and a file that shrinks under the mapping is an error, not a SIGBUS."""
+import asyncio
+import errno
+import hashlib
+import mmap
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from ingest import IngestError, Repository, pipeline, repository
+from ingest._mapped import SLOTS, Window
+
+MiB = 1 << 20
+BLOCK = pipeline.BLOCK_SIZE
+PAGE = mmap.ALLOCATIONGRANULARITY
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def rand(n: int, seed: int = 0) -> bytes:
+    return np.random.default_rng(seed).integers(0, 256, n, dtype=np.uint8).tobytes()
+
+
+def text(n: int, seed: int = 0) -> bytes:
+    rng = np.random.default_rng(seed)
+    words = np.array([b"alpha", b"beta", b"gamma", b"weights", b"row", b"\n"])
+    return b" ".join(words[rng.integers(0, len(words), n // 4)].tolist())[:n]
+
+
+def test_window_reads_the_file_and_is_read_only(tmp_path):
+    data = rand(5 * PAGE + 123, 1)
+    p = tmp_path / "f"
+    p.write_bytes(data)
+    fd = os.open(p, os.O_RDONLY)
+    try:
+        w = Window(fd, 0, len(data))
+        assert len(w) == len(data) and bytes(w) == data and not w.faulted
+        with pytest.raises(TypeError):
+            memoryview(w)[0:1] = b"x"
+        assert bytes(Window(fd, 2 * PAGE, 3 * PAGE, False)) == data[2 * PAGE:5 * PAGE]
+        with pytest.raises(OSError) as e:
+            Window(fd, 100, 10)                      # offset not page aligned
+        assert e.value.errno == errno.EINVAL
+        with pytest.raises(OSError):
+            Window(fd, 0, 0)
+        # Every slot taken: EBUSY (the pipeline then reads the block).
+        held = []
+        with pytest.raises(OSError) as e:
+            for _ in range(SLOTS + 1):
+                held.append(Window(fd, 0, PAGE))
+        assert e.value.errno == errno.EBUSY and len(held) <= SLOTS
+        del held
+        assert bytes(Window(fd, 0, PAGE)) == data[:PAGE]   # slots come back
+    finally:
+        os.close(fd)
+
+
+def test_window_of_a_file_that_shrinks_reads_zeros_and_says_so(tmp_path):
+    data = rand(16 * PAGE, 2)
+    p = tmp_path / "f"
+    p.write_bytes(data)
+    fd = os.open(p, os.O_RDONLY)
+    try:
+        w = Window(fd, 0, len(data))
+        keep = 3 * PAGE + 10
+        os.truncate(p, keep)
+        a = np.frombuffer(w, np.uint8)
+        assert a[4 * PAGE:].sum() == 0               # past the new end: zeros, no SIGBUS
+        assert bytes(a[:keep]) == data[:keep]
+        assert w.faulted
+        del a, w
+        assert not Window(fd, 0, PAGE).faulted
+    finally:
+        os.close(fd)
+
+
+def test_sigbus_outside_our_windows_still_kills(tmp_path):
+    """The handler takes only faults inside its own windows: any other
+    mapping's SIGBUS goes to the handler before it (here the default, which
+    kills the process), with or without faulthandler."""
+    p = tmp_path / "f"
+    p.write_bytes(b"x" * 65536)
+    code = textwrap.dedent(f"""
+        import faulthandler, mmap, os, sys
+        from ingest._mapped import Window
+        if sys.argv[1] == "fh":
+            faulthandler.enable()
+        fd = os.open({str(p)!r}, os.O_RDONLY)
+        w = Window(fd, 0, 4096)
+        m = mmap.mmap(fd, 65536, prot=mmap.PROT_READ)
+        os.truncate({str(p)!r}, 0)
+        print(m[40000])
+        print("survived")
+    """)
+    for mode in ("plain", "fh"):
+        p.write_bytes(b"x" * 65536)
+        r = subprocess.run([sys.executable, "-c", code, mode], capture_output=True, text=True)
+        assert r.returncode == -7 or r.returncode == 135, (mode, r)   # SIGBUS
+        assert "survived" not in r.stdout
+        if mode == "fh":
+            assert "Bus error" in r.stderr
+
+
+SIZES = [repository.SMALL_FILE + 1, BLOCK - 1, BLOCK, BLOCK + 1, 3 * BLOCK + 12_345]
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_mapped_file_matches_the_same_bytes_read(tmp_path, monkeypatch, size):
+    """put_file maps the file; put_bytes reads the same bytes into buffers:
+    the same file id, chunks and SHA-256, and it reads back."""
+    data = (text(size // 2, size) + rand(size, size))[:size]
+    p = tmp_path / "f.bin"
+    p.write_bytes(data)
+    mapped = []
+    real = pipeline.WriteSession.write_file
+
+    async def spy(self, *a, **k):
+        mapped.append(True)
+        return await real(self, *a, **k)
+    monkeypatch.setattr(pipeline.WriteSession, "write_file", spy)
+
+    async def go():
+        async with await Repository.open(tmp_path / "a") as repo:
+            a = await repo.put_file(p, "f")
+            assert await repo.read("f") == data
+            _, ma = await repo.resolve("f")
+        async with await Repository.open(tmp_path / "b") as repo:
+            b = await repo.put_bytes(data, "f")
+            _, mb = await repo.resolve("f")
+            c = await repo.put_file(p, "g", sha256=False)
+            assert c.new_bytes == 0 and c.file_id == b.file_id
+            assert (await repo.verify()).ok
+        return a, b, ma, mb
+    a, b, ma, mb = run(go())
+    assert mapped == [True, True]
+    assert a.file_id == b.file_id and a.size == size
+    assert a.sha256 == b.sha256 == hashlib.sha256(data).hexdigest()
+    assert np.array_equal(ma.chunks["id"], mb.chunks["id"])
+    assert np.array_equal(ma.chunks["length"], mb.chunks["length"])
+
+
+def test_windows_that_cannot_be_mapped_are_read(tmp_path, monkeypatch):
+    """Out of slots (or address space) after the first block: the rest is
+    read with pread, and nothing changes; a file whose first block cannot
+    be mapped (a file system without mmap) is read into buffers."""
+    data = rand(3 * BLOCK + 777, 5)
+    p = tmp_path / "f.bin"
+    p.write_bytes(data)
+
+    def busy(*a, **k):
+        raise OSError(errno.EBUSY, "busy")
+
+    async def go(name):
+        async with await Repository.open(tmp_path / name) as repo:
+            r = await repo.put_file(p, "f")
+            assert await repo.read("f") == data
+            return r
+    want = run(go("plain"))
+    monkeypatch.setattr(pipeline, "Window", busy)
+    assert run(go("pread")).file_id == want.file_id
+    monkeypatch.setattr(repository, "Window", busy)
+    assert run(go("buffers")).file_id == want.file_id
+    assert want.sha256 == hashlib.sha256(data).hexdigest()
+
+
+@pytest.mark.parametrize("change", ["truncate", "append"])
+def test_file_changed_while_mapped_is_a_clear_error(tmp_path, change):
+    """A file truncated while it is read fails with IngestError (not SIGBUS),
+    one appended to does too; nothing names it, and the store still verifies
+    and takes the next file."""
+    data = rand(5 * BLOCK, 6)
+    p = tmp_path / "f.bin"
+    p.write_bytes(data)
+    done = []
+
+    def progress(n):
+        if not done:
+            done.append(n)
+            if change == "truncate":
+                os.truncate(p, MiB)
+            else:
+                with open(p, "ab") as f:
+                    f.write(b"more")
+
+    async def go():
+        async with await Repository.open(tmp_path / "store") as repo:
+            with pytest.raises(IngestError, match="while it was read"):
+                await repo.put_file(p, "f", progress=progress)
+            assert await repo.list_refs() == []
+            p.write_bytes(data)
+            r = await repo.put_file(p, "f")
+            assert await repo.read("f") == data
+            assert r.sha256 == hashlib.sha256(data).hexdigest()
+            assert (await repo.verify()).ok
+    run(go())
+    assert done
+
+
+def test_file_overwritten_while_mapped_never_stores_a_wrong_id(tmp_path):
+    """Bytes changed in place between their hashing and their copy into a
+    frame (a mapping shows the file as it is now): the frame's copy is
+    hashed again, so the store never names bytes it does not hold.  The
+    ingest fails with IngestError, or, if the change came before the
+    hashing, it ingested the new bytes; either way the store verifies and a
+    later file that shares the chunks reads back."""
+    old = rand(4 * BLOCK, 7)
+    new = old[:BLOCK] + rand(3 * BLOCK, 8)
+    p = tmp_path / "f.bin"
+    p.write_bytes(old)
+
+    def progress(n):
+        if progress.first:
+            progress.first = False
+            with open(p, "r+b") as f:
+                f.seek(BLOCK)
+                f.write(new[BLOCK:])
+    progress.first = True
+
+    async def go():
+        async with await Repository.open(tmp_path / "store") as repo:
+            try:
+                r = await repo.put_file(p, "f", progress=progress, sha256=False)
+            except IngestError as e:
+                assert "changed while it was read" in str(e)
+            else:
+                assert await repo.read(r.file_id) == new
+            q = tmp_path / "g.bin"
+            q.write_bytes(new)
+            await repo.put_file(q, "g")
+            assert await repo.read("g") == new
+            rep = await repo.verify()
+            assert rep.ok, rep.problems
+    run(go())
