@@ -53,7 +53,54 @@ class ChunkParams:
                                               "strict_bits", "loose_bits")})
 
 
+    def coarsened(self) -> "ChunkParams":
+        """The parameters for incompressible files (see `params_for`): 8x
+        the average and minimum, 4x the maximum."""
+        return ChunkParams(8 * self.min_size, 8 * self.normal_size, 4 * self.max_size,
+                           min(63, self.strict_bits + 3), min(63, self.loose_bits + 3))
+
+
 DEFAULT_PARAMS = ChunkParams()
+
+# Incompressible files get coarse chunks.  A chunk's metadata (its id in the
+# pack footer, the index and the manifest, ~134 bytes) is 0.2% of a 64 KiB
+# chunk, which compression cannot win back when the bytes do not compress:
+# 64 MiB of random bytes took 1.0022x their size in 64 KiB chunks and
+# 1.00047x in 512 KiB ones (borg, 2 MiB chunks: 1.00068x).  Only data whose
+# byte histogram is all but uniform qualifies: random, encrypted or already
+# compressed bytes, which seldom dedup in part.  Headers (safetensors,
+# tar, Parquet footers aside) and any structure put a file out of it, and
+# weights never are uniform bytes.  The rule is the file's, not the code
+# path's, so every way in (put_tree, put_file, put_bytes, put_stream, the
+# daemon) cuts a file the same: at least UNIFORM_MIN_FILE bytes, and the
+# first UNIFORM_SAMPLE of them within chi-square UNIFORM_CHI2 of uniform
+# (integers only; a uniform random sample scores 255 +- 23).
+UNIFORM_MIN_FILE = 1 << 20
+UNIFORM_SAMPLE = 256 << 10
+UNIFORM_CHI2 = 400
+
+
+def is_uniform(head) -> bool:
+    """Whether the first UNIFORM_SAMPLE bytes of `head` (all of them must be
+    there) have a byte histogram within chi-square UNIFORM_CHI2 of uniform."""
+    a = np.frombuffer(memoryview(head).cast("B")[:UNIFORM_SAMPLE], np.uint8)
+    if len(a) < UNIFORM_SAMPLE:
+        return False
+    dev = np.bincount(a, minlength=256).astype(np.int64) - UNIFORM_SAMPLE // 256
+    # chi2 = sum(dev^2) / E with E = UNIFORM_SAMPLE / 256, without division.
+    return int((dev * dev).sum()) * 256 < UNIFORM_CHI2 * UNIFORM_SAMPLE
+
+
+def params_for(head, whole: bool, params: ChunkParams,
+               coarse: ChunkParams | None) -> ChunkParams:
+    """The parameters to cut a file with, from its first bytes `head`
+    (`whole`: they are the whole file).  `coarse` (the store's, None: never)
+    when the file is incompressible by the rule above.  A head shorter than
+    UNIFORM_MIN_FILE that is not the whole file (a file that grew past the
+    size it had when opened) gets `params`."""
+    if coarse is None or memoryview(head).nbytes < UNIFORM_MIN_FILE:
+        return params
+    return coarse if is_uniform(head) else params
 _default_native = DEFAULT_PARAMS.native()
 
 

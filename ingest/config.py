@@ -17,8 +17,12 @@ from .errors import FormatError
 MAGIC, VERSION = b"IGCF", 1
 KEY = "config"
 # The cut rule of native/gearcdc.c with the GEAR table of gen_gear_table.py.
-# Any change that moves a cut point gets a new name.
-CHUNKER = "gear-nc-v1"
+# Any change that moves a cut point gets a new name.  v2: the same rule, and
+# incompressible files cut with `coarse_chunking` (chunking.params_for);
+# stores made before it (v1) keep one set of parameters.
+CHUNKER = "gear-nc-v2"
+CHUNKERS = ("gear-nc-v1", CHUNKER)
+AUTO = "auto"       # coarse_chunking: chunking.coarsened(), if frame_size holds its chunks
 
 
 @dataclass(frozen=True)
@@ -27,10 +31,22 @@ class StoreConfig:
     frame_size: int = 1 << 20       # raw bytes of consecutive new chunks compressed together
     pack_size: int = 64 << 20       # target pack size
     zstd_level: int = 3
+    # Parameters for incompressible files (chunking.params_for); None: none.
+    coarse_chunking: ChunkParams | None | str = AUTO
 
     def __post_init__(self) -> None:
+        coarse = self.coarse_chunking
+        if coarse == AUTO:
+            coarse = self.chunking.coarsened()
+            if coarse.max_size > self.frame_size:
+                coarse = None
+            object.__setattr__(self, "coarse_chunking", coarse)
+        elif coarse is not None and not isinstance(coarse, ChunkParams):
+            raise ValueError("coarse_chunking must be ChunkParams, None or 'auto'")
         if not (self.chunking.max_size <= self.frame_size <= 16 << 20):
             raise ValueError("frame_size must be between the max chunk size and 16 MiB")
+        if coarse is not None and coarse.max_size > self.frame_size:
+            raise ValueError("frame_size must hold the coarse max chunk size")
         if not (self.frame_size <= self.pack_size <= 1 << 30):
             raise ValueError("pack_size must be between frame_size and 1 GiB")
         if not (-7 <= self.zstd_level <= 22):
@@ -39,6 +55,10 @@ class StoreConfig:
     def encode(self) -> bytes:
         d = {"chunker": CHUNKER, "chunking": self.chunking.to_dict(), "frame_size": self.frame_size,
              "pack_size": self.pack_size, "zstd_level": self.zstd_level}
+        if self.coarse_chunking is None:
+            d["chunker"] = CHUNKERS[0]       # what v1 meant: one set of parameters
+        else:
+            d["coarse_chunking"] = self.coarse_chunking.to_dict()
         return seal(MAGIC, VERSION, json.dumps(d, sort_keys=True).encode())
 
     @classmethod
@@ -46,11 +66,13 @@ class StoreConfig:
         _, payload = unseal(data, MAGIC, {VERSION}, "store config")
         try:
             d = json.loads(bytes(payload))
-            if d.get("chunker") != CHUNKER:
+            if d.get("chunker") not in CHUNKERS:
                 raise FormatError(f"store config: chunker {d.get('chunker')!r} is not supported "
-                                  f"by this build ({CHUNKER!r})")
+                                  f"by this build ({', '.join(CHUNKERS)})")
+            coarse = (ChunkParams.from_dict(d["coarse_chunking"]) if d["chunker"] == CHUNKER
+                      else None)
             return cls(ChunkParams.from_dict(d["chunking"]), int(d["frame_size"]),
-                       int(d["pack_size"]), int(d["zstd_level"]))
+                       int(d["pack_size"]), int(d["zstd_level"]), coarse)
         except FormatError:
             raise
         except (ValueError, KeyError, TypeError, AttributeError) as e:

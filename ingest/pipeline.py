@@ -208,6 +208,7 @@ class _FileState:
         self.base = 0                              # file offset of the next block
         self.dtypes: DtypeMap | None = None
         self.source: str | None = None             # see _Frame.source
+        self.max_chunk: int | None = None          # of the parameters it is cut with
 
     def written(self, sha256: bytes | None) -> _Written:
         ids = np.concatenate(self.ids) if self.ids else np.empty((0, 32), np.uint8)
@@ -217,30 +218,31 @@ class _FileState:
                         self.new_chunks, self.new_bytes)
 
 
-def scan_small_file(path, limit: int, params, sha256: bool = True
+def scan_small_file(path, limit: int, params, sha256: bool = True, coarse=None
                     ) -> tuple[bytes, np.ndarray, np.ndarray, bytes | None] | None:
     """Read, chunk and hash a whole file of at most `limit` bytes in one go
     (in a pool thread); None if it turns out larger.  SHA-256 only if
-    `sha256`."""
+    `sha256`; `coarse`: the store's parameters for incompressible files
+    (chunking.params_for)."""
     with open(path, "rb") as f:
         if os.fstat(f.fileno()).st_size > limit:
             return None
         data = f.read(limit + 1)
     if len(data) > limit:
         return None
-    ends = chunking.chunk_ends(data, params)
+    ends = chunking.chunk_ends(data, chunking.params_for(data, True, params, coarse))
     return (data, ends, hashing.chunk_ids(data, ends),
             hashlib.sha256(data).digest() if sha256 else None)
 
 
-def scan_small_files(paths, limit: int, params, sha256: bool = True) -> list:
+def scan_small_files(paths, limit: int, params, sha256: bool = True, coarse=None) -> list:
     """scan_small_file of each path in one pool task (one hop for a batch of
     a tree's small files instead of one each): per path its scan, None if it
     is larger than `limit`, or the OSError that opening or reading it raised."""
     out = []
     for path in paths:
         try:
-            out.append(scan_small_file(path, limit, params, sha256))
+            out.append(scan_small_file(path, limit, params, sha256, coarse))
         except OSError as e:
             out.append(e)
     return out
@@ -258,10 +260,13 @@ class WriteSession:
         self.sha256 = sha256
         cfg = repo.config
         self.params = cfg.chunking
+        self.coarse = cfg.coarse_chunking          # for incompressible files
+        # Room kept before a block for the unfinished chunk carried over.
+        self.reserve = max(self.params.max_size, self.coarse.max_size if self.coarse else 0)
         self.frame_size = cfg.frame_size
         self.pack_size = cfg.pack_size
         self.level = cfg.zstd_level
-        self.block_size = max(BLOCK_SIZE, 4 * self.params.max_size)
+        self.block_size = max(BLOCK_SIZE, 4 * self.reserve)
         self.max_frames = max_frames_in_flight or 2 * (os.cpu_count() or 2)
         if max_packs_in_flight is None:
             # Remote stores need more requests in flight to stay busy
@@ -455,7 +460,7 @@ class WriteSession:
         block, mapped by the caller (who reads it the usual way if that
         fails).  A file that shrinks while read raises IngestError instead of
         SIGBUS; one that grows is ingested as of `size`, then IngestError."""
-        src = _MappedBlocks(fd, size, first, self.block_size, self.params.max_size, name)
+        src = _MappedBlocks(fd, size, first, self.block_size, self.reserve, name)
         w = await self._write_blocks(src, progress)
         src.check_size()
         return w
@@ -465,7 +470,7 @@ class WriteSession:
         """Blocks are pipelined: while block k's chunk ids are hashed in the
         pool, block k+1 is chunked beside it, and SHA-256 of each block runs
         chained beside both, so one file keeps two cores busy."""
-        p = self.params
+        p = None
         st = _FileState(src.size_hint)
         st.source = src.changing
         scanned, eof = 0, False
@@ -483,8 +488,11 @@ class WriteSession:
                         # SHA-256 of the new bytes, chained after the previous block's.
                         sha_done = asyncio.ensure_future(self._sha_after(sha_done, sha, fresh))
                     del fresh
-                    if not st.base and not blocks and len(view):
-                        st.dtypes = parse_safetensors_header(view)
+                    if p is None:               # the first block
+                        p = chunking.params_for(view, eof, self.params, self.coarse)
+                        st.max_chunk = p.max_size
+                        if len(view):
+                            st.dtypes = parse_safetensors_header(view)
                     ends, scanned = await self._run(chunking.find_ends, view, eof, scanned, p)
                     src.advance(view, int(ends[-1]) if len(ends) else 0)
                     ids = asyncio.ensure_future(self._run(hashing.chunk_ids, view, ends))
@@ -658,6 +666,12 @@ class WriteSession:
                             locs[i] = l1[0]
                             continue
                     if hit is None:
+                        if st.frame is not None and st.frame.fill + ln > self.frame_size:
+                            # Only with chunks over half a frame (coarse ones):
+                            # smaller ones close it before it gets here.
+                            _copy_run(run, src)
+                            run = None
+                            await self._submit_for(st)
                         if st.frame is None:
                             st.frame = self._new_frame(st)
                         frame = st.frame
@@ -677,7 +691,7 @@ class WriteSession:
                         hit = self._pending[cid] = (frame, frame.add(ids[i:i + 1], ln))
                         st.new_chunks += 1
                         st.new_bytes += ln
-                        if self._frame_full(frame):
+                        if self._frame_full(frame, st.max_chunk):
                             _copy_run(run, src)
                             run = None
                             await self._submit_for(st)
@@ -692,10 +706,15 @@ class WriteSession:
         st.base += tail
         return tail
 
-    def _frame_full(self, frame: _Frame) -> bool:
-        """No chunk may be added: one more could take it past frame_size, or
-        past the u16 chunk count of its header."""
-        return (frame.fill > self.frame_size - self.params.max_size
+    def _frame_full(self, frame: _Frame, max_chunk: int | None = None) -> bool:
+        """Close the frame now: one more chunk (of up to `max_chunk` bytes,
+        the file's max chunk size) could take it past frame_size, or past
+        the u16 chunk count of its header.  Chunks that can be over half a
+        frame (coarse ones) keep it open past half: the next one closes it
+        first if it does not fit (_absorb), so a frame is not one chunk
+        each.  Shared frames check each chunk's size themselves."""
+        max_chunk = min(max_chunk or self.params.max_size, self.frame_size // 2)
+        return (frame.fill > self.frame_size - max_chunk
                 or len(frame.lengths) == MAX_FRAME_CHUNKS)
 
     async def _submit_for(self, st: "_FileState") -> None:
@@ -830,7 +849,7 @@ class _BufferedBlocks:
 
     def __init__(self, session: WriteSession, readinto: ReadInto, size_hint: int | None) -> None:
         self.size_hint = size_hint
-        self.reserve = reserve = session.params.max_size
+        self.reserve = reserve = session.reserve
         self._pool = session._buffers      # outlive sessions (zero-filling was a fifth of a re-ingest)
         self._free: asyncio.Queue = asyncio.Queue()
         self._ready: asyncio.Queue = asyncio.Queue()

@@ -243,7 +243,7 @@ class Repository:
             try:
                 async with slots:
                     scans = await self._run(scan_small_files, [p for _, p, _ in files],
-                                            SMALL_FILE, s.params, s.sha256)
+                                            SMALL_FILE, s.params, s.sha256, s.coarse)
                     small, grown = [], []
                     for job, sc in zip(files, scans):
                         if isinstance(sc, OSError):
@@ -301,7 +301,8 @@ class Repository:
 
     async def _write_path(self, s: WriteSession, path: Path, progress):
         try:
-            small = await self._run(scan_small_file, path, SMALL_FILE, s.params, s.sha256)
+            small = await self._run(scan_small_file, path, SMALL_FILE, s.params, s.sha256,
+                                    s.coarse)
         except OSError as e:
             raise _open_error(path, e) from None
         if small is not None:

@@ -64,20 +64,26 @@ def test_ranges_everywhere(store_url):
     run(go())
 
 
-def test_dedup_reingest_and_insertion(store_url):
-    base = rand(6 * MiB, 3)
+@pytest.mark.parametrize("content", ["text", "random"])
+def test_dedup_reingest_and_insertion(store_url, content):
+    """Random bytes are cut in coarse chunks (chunking.params_for), text in
+    the store's own: either way an insertion re-stores about one chunk."""
+    base = rand(6 * MiB, 3) if content == "random" else text(6 * MiB, 3)
     edited = base[:3 * MiB] + b"inserted row\n" * 10 + base[3 * MiB:]
+    max_chunk = (1024 if content == "random" else 256) * 1024
 
     async def go():
         async with await Repository.open(store_url) as repo:
             first = await repo.put_bytes(base, ref="v1")
             assert first.new_bytes == len(base)
+            mean = len(base) / first.chunks      # ~64 KiB fine, ~512 KiB coarse
+            assert (mean > 256 * 1024) if content == "random" else (mean < 128 * 1024)
             again = await repo.put_bytes(base, ref="v1-again")
             assert again.new_bytes == 0 and again.stored_bytes == 0
             assert again.file_id == first.file_id
             second = await repo.put_bytes(edited, ref="v2")
             # An insertion only re-stores the chunk(s) around it.
-            assert 0 < second.new_bytes <= 2 * 256 * 1024
+            assert 0 < second.new_bytes <= 2 * max_chunk
             assert await repo.read("v2") == edited
         # A new process sees the index that the first one wrote.
         async with await Repository.open(store_url) as repo:
@@ -391,7 +397,8 @@ def test_ref_and_refs_below_it_coexist(store_url):
 def test_frames_never_exceed_the_u16_chunk_count(tmp_path):
     # 64-byte chunks in 8 MiB frames would be 131k chunks per frame; the
     # frame header counts them in 16 bits, so frames are cut at 65535.
-    cfg = StoreConfig(chunking=ChunkParams(64, 64, 128, 1, 1), frame_size=8 << 20)
+    cfg = StoreConfig(chunking=ChunkParams(64, 64, 128, 1, 1), frame_size=8 << 20,
+                      coarse_chunking=None)          # random bytes, cut fine all the same
     data = rand(9 * MiB, 40)
 
     async def go():
@@ -686,3 +693,87 @@ def test_manifest_of_many_chunks_is_built_like_a_small_ones(monkeypatch):
         assert fast.encode() == slow.encode(), trial
         assert fast.file_id == slow.file_id
         assert np.array_equal(fast.locations(), slow.locations())
+
+
+def test_incompressible_files_are_cut_coarse_the_same_every_way_in(tmp_path):
+    """A file of random bytes of at least 1 MiB is cut with the store's
+    coarse parameters (chunking.params_for), whichever way it comes in:
+    put_tree (its small-file batch and its mapped path), put_file,
+    put_bytes, put_stream.  Text and smaller files keep the store's own."""
+    from ingest.chunking import UNIFORM_MIN_FILE
+    files = {"small-random.bin": rand(UNIFORM_MIN_FILE + 5, 50),     # the small-file batch
+             "big-random.bin": rand(12 * MiB + 3, 51),               # mapped blocks
+             "under.bin": rand(UNIFORM_MIN_FILE - 1, 52),            # too short for coarse
+             "text.txt": text(3 * MiB, 53)}
+    root = tmp_path / "t"
+    root.mkdir()
+    for name, data in files.items():
+        (root / name).write_bytes(data)
+
+    async def stream(data: bytes):
+        for i in range(0, len(data), 300_000):
+            yield data[i:i + 300_000]
+
+    async def go():
+        async with await Repository.open(tmp_path / "s") as repo:
+            assert repo.config.coarse_chunking == repo.config.chunking.coarsened()
+            tree = {r.ref.split("/", 1)[1]: r for r in await repo.put_tree([root])}
+            for name, data in files.items():
+                ways = [tree[name], await repo.put_file(root / name),
+                        await repo.put_bytes(data), await repo.put_stream(stream(data))]
+                assert len({r.file_id for r in ways}) == 1, name
+                mean = len(data) / ways[0].chunks
+                if name.endswith("random.bin"):
+                    assert mean > 256 * 1024, name
+                else:
+                    assert mean < 128 * 1024, name
+                assert await repo.read(ways[0].file_id) == data
+            assert (await repo.verify()).ok
+    run(go())
+
+
+def test_store_made_before_coarse_chunking_keeps_one_set(tmp_path):
+    """A v1 config (chunker gear-nc-v1, no coarse parameters) reads back as
+    such, and its writers cut random bytes as they always did."""
+    import json
+    from ingest.config import KEY, MAGIC
+    from ingest.envelope import seal
+    from ingest.stores.local import LocalStore
+    data = rand(4 * MiB, 54)
+
+    async def go():
+        store = LocalStore(tmp_path / "s")
+        cfg = {"chunker": "gear-nc-v1", "chunking": ChunkParams().to_dict(),
+               "frame_size": 1 << 20, "pack_size": 64 << 20, "zstd_level": 3}
+        await store.put(KEY, seal(MAGIC, 1, json.dumps(cfg).encode()))
+        async with await Repository.open(tmp_path / "s") as repo:
+            assert repo.config.coarse_chunking is None
+            r = await repo.put_bytes(data)
+            assert len(data) / r.chunks < 128 * 1024
+    run(go())
+
+
+def test_config_with_and_without_coarse_chunking():
+    import json
+    from ingest.config import MAGIC
+    from ingest.envelope import seal, unseal
+    from ingest.errors import FormatError
+
+    def payload(cfg):
+        return json.loads(bytes(unseal(cfg.encode(), MAGIC, {1}, "config")[1]))
+    new = StoreConfig()
+    assert new.coarse_chunking == ChunkParams(128 * 1024, 512 * 1024, 1 << 20, 20, 16)
+    d = payload(new)
+    assert d["chunker"] == "gear-nc-v2" and d["coarse_chunking"] == new.coarse_chunking.to_dict()
+    assert StoreConfig.decode(new.encode()) == new
+    old = StoreConfig(coarse_chunking=None)
+    assert payload(old)["chunker"] == "gear-nc-v1" and "coarse_chunking" not in payload(old)
+    assert StoreConfig.decode(old.encode()) == old
+    # "auto" leaves it out when frame_size cannot hold the coarse chunks.
+    assert StoreConfig(frame_size=512 * 1024).coarse_chunking is None
+    with pytest.raises(ValueError):
+        StoreConfig(frame_size=512 * 1024, coarse_chunking=ChunkParams().coarsened())
+    # v2 without its coarse parameters is malformed.
+    del d["coarse_chunking"]
+    with pytest.raises(FormatError, match="malformed"):
+        StoreConfig.decode(seal(MAGIC, 1, json.dumps(d).encode()))
