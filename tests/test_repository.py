@@ -600,24 +600,36 @@ def test_frame_cache_is_bounded_and_reused(tmp_path):
             await repo.put_bytes(edited, ref="v2")
             out = tmp_path / "out"
             out.mkdir()
-            decoded = []
+            decoded, read = [], []
             real = repository.decompress
+            real_read = repo.store._get_range
 
             def counting(*a):
                 decoded.append(a[2])
                 return real(*a)
+
+            def reading(key, start, end):
+                read.append(end - start)
+                return real_read(key, start, end)
             repository.decompress = counting
+            repo.store._get_range = reading
             try:
                 # One after the other: at once, both could decode a frame
                 # before either had cached it.
                 await repo.restore_many([("v1", out / "v1")])
+                read_v1 = sum(read)
                 await repo.restore_many([("v2", out / "v2")])
             finally:
                 repository.decompress = real
+                del repo.store._get_range
             assert (out / "v1").read_bytes() == base and (out / "v2").read_bytes() == edited
-            # v2's unchanged frames are v1's: decoded once for both files.
+            # v2's unchanged frames are v1's: decoded once for both files,
+            # and not even read again.
             assert sum(decoded) < len(base) + len(edited) * 0.6
+            assert 0 < sum(read) - read_v1 < read_v1 * 0.6
             assert repo.frame_cache.bytes <= repo.frame_cache.max_bytes
+            # Ranges: the cached frames serve any part of a file.
+            assert await repo.read("v2", MiB - 5, MiB + 100) == edited[MiB - 5:MiB + 100]
     run(go())
 
 
