@@ -14,6 +14,10 @@ from __future__ import annotations
 
 import blake3
 import numpy as np
+# pyarrow looks numpy.ma up when it converts numpy arrays, and numpy imports
+# it lazily: 18 ms inside the first shard a process writes (the flush of its
+# first upload), not at start-up with everything else.
+import numpy.ma  # noqa: F401
 import pyarrow as pa
 
 from .compression import CODECS, MAX_FRAME_RAW
