@@ -1,7 +1,6 @@
 """Files read through windows of their mapping (ingest._mapped and the
 mapped path of the pipeline): the same chunks, ids and SHA-256 as reading
 them, and a file that shrinks under the mapping is an error, not a SIGBUS."""
-import asyncio
 import errno
 import hashlib
 import mmap
@@ -16,23 +15,11 @@ import pytest
 from ingest import IngestError, Repository, pipeline, repository
 from ingest._mapped import SLOTS, Window
 
+from helpers import rand, run, text
+
 MiB = 1 << 20
 BLOCK = pipeline.BLOCK_SIZE
 PAGE = mmap.ALLOCATIONGRANULARITY
-
-
-def run(coro):
-    return asyncio.run(coro)
-
-
-def rand(n: int, seed: int = 0) -> bytes:
-    return np.random.default_rng(seed).integers(0, 256, n, dtype=np.uint8).tobytes()
-
-
-def text(n: int, seed: int = 0) -> bytes:
-    rng = np.random.default_rng(seed)
-    words = np.array([b"alpha", b"beta", b"gamma", b"weights", b"row", b"\n"])
-    return b" ".join(words[rng.integers(0, len(words), n // 4)].tolist())[:n]
 
 
 def test_window_reads_the_file_and_is_read_only(tmp_path):

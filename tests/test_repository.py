@@ -1,6 +1,5 @@
 """The engine end to end, on every store (`store_url` runs each test on the
 local directory store and on a real SeaweedFS S3 server)."""
-import asyncio
 import os
 from pathlib import Path
 
@@ -13,22 +12,9 @@ from ingest.chunking import ChunkParams
 from ingest.stores.local import LocalStore
 from ingest import repository
 
+from helpers import rand, run, text
+
 MiB = 1 << 20
-
-
-def run(coro):
-    return asyncio.run(coro)
-
-
-def rand(n: int, seed: int = 0) -> bytes:
-    return np.random.default_rng(seed).integers(0, 256, n, dtype=np.uint8).tobytes()
-
-
-def text(n: int, seed: int = 0) -> bytes:
-    rng = np.random.default_rng(seed)
-    words = np.array([b"alpha", b"beta", b"gamma", b"delta", b"tensor", b"row", b"\n"])
-    out = b" ".join(words[rng.integers(0, len(words), n // 4)].tolist())
-    return out[:n]
 
 
 SIZES = [0, 1, 100, 16 * 1024 - 1, 16 * 1024, 64 * 1024, 300_000, 3 * MiB + 17]
