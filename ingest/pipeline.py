@@ -26,11 +26,11 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-from mmap import ALLOCATIONGRANULARITY
 from array import array
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
+from mmap import ALLOCATIONGRANULARITY
 
 import numpy as np
 
@@ -838,7 +838,6 @@ class WriteSession:
 def _result(w: _Written, ref: str | None, fid: bytes) -> IngestResult:
     return IngestResult(ref, fid.hex(), w.size, w.sha256 and w.sha256.hex(), len(w.locs),
                         w.new_chunks, w.new_bytes, w.size - w.new_bytes, w.stored_bytes())
-
 
 
 class _BufferedBlocks:
