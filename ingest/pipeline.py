@@ -470,6 +470,7 @@ class WriteSession:
         """Blocks are pipelined: while block k's chunk ids are hashed in the
         pool, block k+1 is chunked beside it, and SHA-256 of each block runs
         chained beside both, so one file keeps two cores busy."""
+        await self.repo.index_ready()
         p = None
         st = _FileState(src.size_hint)
         st.source = src.changing
@@ -527,6 +528,7 @@ class WriteSession:
         """The data phase for a whole file already in memory and scanned
         (`scan_small_file`): one pool hop per small file instead of six.
         With `collect`, its frames are left there for the caller to place."""
+        await self.repo.index_ready()
         st = _FileState(len(data))
         st.collect = collect
         view = memoryview(data)
@@ -550,6 +552,7 @@ class WriteSession:
         its dtypes."""
         if not scans:
             return []
+        await self.repo.index_ready()
         index = self.repo.index
         found, locs = index.lookup(np.concatenate([ids for _, _, ids, _ in scans]))
         version = index.version

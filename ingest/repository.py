@@ -80,13 +80,19 @@ class Repository:
         self.stored_manifests: dict[bytes, None] = {}   # see pipeline._MetaWriter.known
         self.frame_cache = FrameCache(FRAME_CACHE_BYTES)
         self.block_buffers: list[memoryview] = []   # reused by write sessions
+        # The index is loaded by the first write (index_ready), not at open:
+        # reading files never needs it, and at scale it is the store's
+        # largest metadata.
+        self._index_loaded = False
+        self._index_lock = asyncio.Lock()
 
     # -- opening -----------------------------------------------------------------
     @classmethod
     async def open(cls, store: str | os.PathLike | Store, *, create: bool = True,
                    config: StoreConfig | None = None, workers: int | None = None) -> "Repository":
-        """Open the store at a URL or path (creating it if `create`), read its
-        config and load its index."""
+        """Open the store at a URL or path (creating it if `create`) and read
+        its config.  The index is loaded by the first write (index_ready):
+        reading files never needs it."""
         if not isinstance(store, Store):
             url = os.fspath(store)
             local = "://" not in url or url.startswith("file://")
@@ -102,11 +108,21 @@ class Repository:
                 await store.put(CONFIG_KEY, (config or StoreConfig()).encode(), if_absent=True)
                 cfg = StoreConfig.decode(await store.get(CONFIG_KEY))
             repo = cls(store, cfg, workers=workers)
-            await repo.refresh_index()
         except BaseException:
             await store.close()
             raise
         return repo
+
+    async def index_ready(self) -> None:
+        """Load the index shards in the store, once (every write calls this
+        first; a daemon at start-up).  A load that fails raises here and is
+        tried again by the next call."""
+        if self._index_loaded:
+            return
+        async with self._index_lock:
+            if not self._index_loaded:
+                await self.refresh_index()
+                self._index_loaded = True
 
     async def refresh_index(self) -> int:
         """Load index shards written since the last call (by this process or
@@ -673,9 +689,13 @@ class Repository:
             "pack_bytes": sum(sizes[PACK_PREFIX]),
             "metadata_bytes": stored - sum(sizes[PACK_PREFIX]),
             "packs": len(sizes[PACK_PREFIX]),
-            "chunks": len(self.index),
+            "chunks": await self._index_size(),
             "dedup_ratio": round(logical / stored, 4) if stored else None,
         }
+
+    async def _index_size(self) -> int:
+        await self.index_ready()
+        return len(self.index)
 
     async def verify(self, progress: Callable[[int], None] | None = None) -> VerifyReport:
         """Check everything: every ref resolves to a manifest that matches its

@@ -1,5 +1,6 @@
 """The engine end to end, on every store (`store_url` runs each test on the
 local directory store and on a real SeaweedFS S3 server)."""
+import asyncio
 import os
 from pathlib import Path
 
@@ -71,10 +72,11 @@ def test_dedup_reingest_and_insertion(store_url, content):
             # An insertion only re-stores the chunk(s) around it.
             assert 0 < second.new_bytes <= 2 * max_chunk
             assert await repo.read("v2") == edited
-        # A new process sees the index that the first one wrote.
+        # A new process sees the index that the first one wrote (loaded in
+        # the background; a write waits for it).
         async with await Repository.open(store_url) as repo:
-            assert len(repo.index) > 0
             third = await repo.put_bytes(edited)
+            assert len(repo.index) > 0
             assert third.new_bytes == 0
     run(go())
 
@@ -775,3 +777,61 @@ def test_config_with_and_without_coarse_chunking():
     del d["coarse_chunking"]
     with pytest.raises(FormatError, match="malformed"):
         StoreConfig.decode(seal(MAGIC, 1, json.dumps(d).encode()))
+
+
+class SlowIndexStore(LocalStore):
+    """Listing index/ waits for `release`, or fails `fail` more times."""
+    def __init__(self, root, release=None, fail=0):
+        super().__init__(root)
+        self.release, self.fail = release, fail
+
+    async def list(self, prefix=""):
+        if prefix.startswith("index/"):
+            if self.release is not None:
+                await self.release.wait()
+            if self.fail:
+                self.fail -= 1
+                raise StoreError("index listing failed")
+        async for info in super().list(prefix):
+            yield info
+
+
+def test_index_is_loaded_by_the_first_write_not_by_reads(tmp_path):
+    """open() does not load the index: reads never need it; the first
+    write loads it (and so still dedups against everything stored)."""
+    data = text(3 * MiB, 60)
+
+    async def go():
+        async with await Repository.open(tmp_path / "s") as repo:
+            r = await repo.put_bytes(data, ref="a")
+        release = asyncio.Event()
+        async with await Repository.open(SlowIndexStore(tmp_path / "s", release)) as repo:
+            assert await asyncio.wait_for(repo.read("a"), 10) == data
+            assert len(repo.index) == 0
+            put = asyncio.ensure_future(repo.put_bytes(data, ref="b"))
+            await asyncio.sleep(0.2)
+            assert not put.done()                # waits for the index
+            release.set()
+            again = await asyncio.wait_for(put, 10)
+            assert again.new_bytes == 0 and again.file_id == r.file_id
+            assert (await repo.stats())["chunks"] == len(repo.index) > 0
+    run(go())
+
+
+@pytest.mark.parametrize("fail", [1, 2])
+def test_index_that_fails_to_load_fails_writes_not_reads(tmp_path, fail):
+    """An index load that fails fails the write that needed it, with the
+    store's error, and the next write loads it; reads never notice."""
+    data = text(2 * MiB, 61)
+
+    async def go():
+        async with await Repository.open(tmp_path / "s") as repo:
+            await repo.put_bytes(data, ref="a")
+        async with await Repository.open(SlowIndexStore(tmp_path / "s", fail=fail)) as repo:
+            assert await repo.read("a") == data
+            for _ in range(fail):
+                with pytest.raises(StoreError, match="index listing failed"):
+                    await repo.put_bytes(data, ref="b")
+                assert await repo.read("a") == data
+            assert (await repo.put_bytes(data, ref="b")).new_bytes == 0   # loaded now
+    run(go())

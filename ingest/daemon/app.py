@@ -301,7 +301,13 @@ class Daemon:
         t0 = time.monotonic()
         while True:
             try:
-                self.repo = await Repository.open(self._open_store(), workers=self.settings.workers)
+                repo = await Repository.open(self._open_store(), workers=self.settings.workers)
+                try:
+                    await repo.index_ready()        # ready means uploads dedup from the start
+                except BaseException:
+                    await repo.close()
+                    raise
+                self.repo = repo
                 break
             except Exception as e:          # noqa: BLE001 -- retried and logged
                 self.open_error = f"cannot open the store: {e}"
