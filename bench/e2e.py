@@ -35,8 +35,9 @@ this VM's DAMON pages out page cache untouched for a minute, so otherwise a
 phase sometimes read from the disk at 13-27 ms per 8 MiB and sometimes not.
 
 Time is measured inside the child, around the work only: interpreter start-up
-and imports are excluded; opening the store (our index load, hf_xet's
-session set-up inside its call) is included.  The child's wall time from
+and imports are excluded; opening the store (ours, and our index load,
+which the first write does; hf_xet's session set-up inside its call) is
+included.  The child's wall time from
 the parent is kept in the JSON too.  MB/s = input bytes (all versions,
 10^6 bytes per MB) / seconds.  Peak RSS is the child's own
 peak (VmHWM, the high-water mark of its own address space; ru_maxrss
