@@ -284,6 +284,25 @@ class WriteSession:
         # put_tree call was a fifth of re-ingest time (profile of bench/e2e.py).
         self._buffers: list[memoryview] = repo.block_buffers
         self._meta = _MetaWriter(repo.store, repo.stored_manifests)
+        # The index loads while the first file is opened, read, chunked and
+        # hashed; its first lookup waits for it (_index_ready).
+        self._index_load: asyncio.Future | None = None
+        if not repo.index_loaded:
+            try:
+                self._index_load = asyncio.ensure_future(repo.index_ready())
+                self._index_load.add_done_callback(_consume)
+            except RuntimeError:            # made outside a running loop: loaded when needed
+                pass
+
+    async def _index_ready(self) -> None:
+        """Before the first index lookup: the load started with the session,
+        or (if it failed, or none was started) a load now, whose error is
+        the caller's."""
+        load, self._index_load = self._index_load, None
+        if load is not None:
+            await load
+        else:
+            await self.repo.index_ready()
 
     # -- CPU work, in the pool ------------------------------------------------
     def _compress(self, frame: _Frame):
@@ -470,7 +489,6 @@ class WriteSession:
         """Blocks are pipelined: while block k's chunk ids are hashed in the
         pool, block k+1 is chunked beside it, and SHA-256 of each block runs
         chained beside both, so one file keeps two cores busy."""
-        await self.repo.index_ready()
         p = None
         st = _FileState(src.size_hint)
         st.source = src.changing
@@ -528,7 +546,6 @@ class WriteSession:
         """The data phase for a whole file already in memory and scanned
         (`scan_small_file`): one pool hop per small file instead of six.
         With `collect`, its frames are left there for the caller to place."""
-        await self.repo.index_ready()
         st = _FileState(len(data))
         st.collect = collect
         view = memoryview(data)
@@ -552,7 +569,7 @@ class WriteSession:
         its dtypes."""
         if not scans:
             return []
-        await self.repo.index_ready()
+        await self._index_ready()
         index = self.repo.index
         found, locs = index.lookup(np.concatenate([ids for _, _, ids, _ in scans]))
         version = index.version
@@ -647,6 +664,8 @@ class WriteSession:
         lengths = ends - starts
         index = self.repo.index
         if looked is None:
+            if self._index_load is not None or not self.repo.index_loaded:
+                await self._index_ready()
             found, locs = index.lookup(ids)
             version = index.version
         else:

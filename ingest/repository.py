@@ -83,7 +83,7 @@ class Repository:
         # The index is loaded by the first write (index_ready), not at open:
         # reading files never needs it, and at scale it is the store's
         # largest metadata.
-        self._index_loaded = False
+        self.index_loaded = False
         self._index_lock = asyncio.Lock()
 
     # -- opening -----------------------------------------------------------------
@@ -117,12 +117,12 @@ class Repository:
         """Load the index shards in the store, once (every write calls this
         first; a daemon at start-up).  A load that fails raises here and is
         tried again by the next call."""
-        if self._index_loaded:
+        if self.index_loaded:
             return
         async with self._index_lock:
-            if not self._index_loaded:
+            if not self.index_loaded:
                 await self.refresh_index()
-                self._index_loaded = True
+                self.index_loaded = True
 
     async def refresh_index(self) -> int:
         """Load index shards written since the last call (by this process or
