@@ -226,3 +226,28 @@ def test_file_overwritten_while_mapped_never_stores_a_wrong_id(tmp_path):
             rep = await repo.verify()
             assert rep.ok, rep.problems
     run(go())
+
+
+def test_a_tree_of_mapped_files_releases_every_window(tmp_path):
+    """Many large files in flight at once (put_tree): all come back, and
+    every window is unmapped afterwards (all SLOTS can be taken again)."""
+    root = tmp_path / "tree"
+    root.mkdir()
+    files = {f"f{i}.bin": rand(BLOCK + 4096 * i + 1, 70 + i) for i in range(12)}
+    for name, data in files.items():
+        (root / name).write_bytes(data)
+
+    async def go():
+        async with await Repository.open(tmp_path / "store") as repo:
+            got = {r.ref.split("/", 1)[1]: r for r in await repo.put_tree([root])}
+            for name, data in files.items():
+                assert await repo.read(got[name].file_id) == data
+    run(go())
+    fd = os.open(root / "f0.bin", os.O_RDONLY)
+    held = []
+    try:
+        for _ in range(SLOTS):
+            held.append(Window(fd, 0, PAGE))     # EBUSY if a window leaked
+    finally:
+        held.clear()
+        os.close(fd)
