@@ -52,7 +52,6 @@ class ChunkParams:
         return cls(**{k: int(d[k]) for k in ("min_size", "normal_size", "max_size",
                                               "strict_bits", "loose_bits")})
 
-
     def coarsened(self) -> "ChunkParams":
         """The parameters for incompressible files (see `params_for`): 8x
         the average and minimum, 4x the maximum."""
@@ -61,6 +60,7 @@ class ChunkParams:
 
 
 DEFAULT_PARAMS = ChunkParams()
+_default_native = DEFAULT_PARAMS.native()
 
 # Incompressible files get coarse chunks.  A chunk's metadata (its id in the
 # pack footer, the index and the manifest, ~134 bytes) is 0.2% of a 64 KiB
@@ -91,17 +91,16 @@ def is_uniform(head) -> bool:
     return int((dev * dev).sum()) * 256 < UNIFORM_CHI2 * UNIFORM_SAMPLE
 
 
-def params_for(head, whole: bool, params: ChunkParams,
-               coarse: ChunkParams | None) -> ChunkParams:
-    """The parameters to cut a file with, from its first bytes `head`
-    (`whole`: they are the whole file).  `coarse` (the store's, None: never)
-    when the file is incompressible by the rule above.  A head shorter than
-    UNIFORM_MIN_FILE that is not the whole file (a file that grew past the
-    size it had when opened) gets `params`."""
+def params_for(head, params: ChunkParams, coarse: ChunkParams | None) -> ChunkParams:
+    """The parameters to cut a file with, from its first bytes `head` (at
+    least UNIFORM_MIN_FILE of them, or the whole file): `coarse` (the
+    store's, None: never) when the file is incompressible by the rule above.
+    A head shorter than UNIFORM_MIN_FILE gets `params`: the whole of a
+    smaller file, or the first block of one that grew past the size it had
+    when opened."""
     if coarse is None or memoryview(head).nbytes < UNIFORM_MIN_FILE:
         return params
     return coarse if is_uniform(head) else params
-_default_native = DEFAULT_PARAMS.native()
 
 
 def _native(params: ChunkParams | None) -> _chunker.Params:

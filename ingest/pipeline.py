@@ -230,7 +230,7 @@ def scan_small_file(path, limit: int, params, sha256: bool = True, coarse=None
         data = f.read(limit + 1)
     if len(data) > limit:
         return None
-    ends = chunking.chunk_ends(data, chunking.params_for(data, True, params, coarse))
+    ends = chunking.chunk_ends(data, chunking.params_for(data, params, coarse))
     return (data, ends, hashing.chunk_ids(data, ends),
             hashlib.sha256(data).digest() if sha256 else None)
 
@@ -280,9 +280,6 @@ class WriteSession:
         self._uploads: set[asyncio.Task] = set()
         self._pending: dict[bytes, tuple[_Frame, int, int]] = {}   # new this session
         self._failed: BaseException | None = None
-        # Block buffers outlive sessions: zero-filling three 8 MiB buffers per
-        # put_tree call was a fifth of re-ingest time (profile of bench/e2e.py).
-        self._buffers: list[memoryview] = repo.block_buffers
         self._meta = _MetaWriter(repo.store, repo.stored_manifests)
         # The index loads while the first file is opened, read, chunked and
         # hashed; its first lookup waits for it (_index_ready).
@@ -301,7 +298,7 @@ class WriteSession:
         load, self._index_load = self._index_load, None
         if load is not None:
             await load
-        else:
+        elif not self.repo.index_loaded:
             await self.repo.index_ready()
 
     # -- CPU work, in the pool ------------------------------------------------
@@ -491,7 +488,7 @@ class WriteSession:
         chained beside both, so one file keeps two cores busy."""
         p = None
         st = _FileState(src.size_hint)
-        st.source = src.changing
+        st.source = src.source
         scanned, eof = 0, False
         sha = hashlib.sha256() if self.sha256 else None
         sha_done: asyncio.Future | None = None
@@ -508,7 +505,7 @@ class WriteSession:
                         sha_done = asyncio.ensure_future(self._sha_after(sha_done, sha, fresh))
                     del fresh
                     if p is None:               # the first block
-                        p = chunking.params_for(view, eof, self.params, self.coarse)
+                        p = chunking.params_for(view, self.params, self.coarse)
                         st.max_chunk = p.max_size
                         if len(view):
                             st.dtypes = parse_safetensors_header(view)
@@ -664,8 +661,7 @@ class WriteSession:
         lengths = ends - starts
         index = self.repo.index
         if looked is None:
-            if self._index_load is not None or not self.repo.index_loaded:
-                await self._index_ready()
+            await self._index_ready()
             found, locs = index.lookup(ids)
             version = index.version
         else:
@@ -871,7 +867,9 @@ class _BufferedBlocks:
     def __init__(self, session: WriteSession, readinto: ReadInto, size_hint: int | None) -> None:
         self.size_hint = size_hint
         self.reserve = reserve = session.reserve
-        self._pool = session._buffers      # outlive sessions (zero-filling was a fifth of a re-ingest)
+        # The repository's: block buffers outlive sessions (zero-filling three
+        # 8 MiB buffers per put_tree call was a fifth of a re-ingest).
+        self._pool = session.repo.block_buffers
         self._free: asyncio.Queue = asyncio.Queue()
         self._ready: asyncio.Queue = asyncio.Queue()
         if size_hint is not None and size_hint < session.block_size:
@@ -888,7 +886,7 @@ class _BufferedBlocks:
             for b in self._pooled:
                 self._free.put_nowait(b)
             self.held = 1
-        self.changing = None                # the buffers are ours: their bytes do not change
+        self.source = None                  # the buffers are ours: their bytes do not change
         self._carry = b""
         self._reader = asyncio.ensure_future(self._read(readinto, block))
 
@@ -948,7 +946,7 @@ class _MappedBlocks:
     def __init__(self, fd: int, size: int, first: Window, block: int, reserve: int,
                  name: str) -> None:
         self.fd, self.size, self.name = fd, size, name
-        self.changing = name                # frames check their copies (_Frame.source)
+        self.source = name                  # frames check their copies (_Frame.source)
         self.size_hint = size
         self._block = block
         self._reserve = reserve
@@ -1005,6 +1003,7 @@ class _MappedBlocks:
         for _, fut in self._ahead:
             fut.add_done_callback(_consume)
         self._ahead.clear()
+
 
 class _MetaWriter:
     """Writes the manifests and refs of files committed at about the same

@@ -431,10 +431,10 @@ class Repository:
         a quarter of a dataset restore's thread time."""
         first, last, runs = span
         pack = bytes(locs[first]["pack"])
+        pack_hex = pack.hex()
         cache = self.frame_cache
         held = None
         if cache is not None:
-            pack_hex = pack.hex()
             held = [cache.get((pack_hex, int(locs["frame_offset"][a]))) for a, _ in runs]
             need = [runs[k][0] for k, e in enumerate(held) if e is None]
             if not need:
@@ -452,7 +452,7 @@ class Repository:
             buf = await self.store.get(pack_key(pack), off, stop)
         except ObjectNotFound:
             buf = None
-        return await self._run(_check_decode_span, buf, off, stop, locs, ids, runs, pack.hex(),
+        return await self._run(_check_decode_span, buf, off, stop, locs, ids, runs, pack_hex,
                                cache, held)
 
     async def read(self, name: str, start: int = 0, end: int | None = None) -> bytes:
@@ -679,6 +679,7 @@ class Repository:
         for prefix in (PACK_PREFIX, INDEX_PREFIX, FILES_PREFIX, REFS_PREFIX):
             sizes[prefix] = [o.size async for o in self.store.list(prefix)]
         refs = await self.list_refs()
+        await self.index_ready()          # "chunks" counts the index
         logical = sum(r.size for r in refs)
         stored = sum(sum(v) for v in sizes.values())
         return {
@@ -689,13 +690,9 @@ class Repository:
             "pack_bytes": sum(sizes[PACK_PREFIX]),
             "metadata_bytes": stored - sum(sizes[PACK_PREFIX]),
             "packs": len(sizes[PACK_PREFIX]),
-            "chunks": await self._index_size(),
+            "chunks": len(self.index),
             "dedup_ratio": round(logical / stored, 4) if stored else None,
         }
-
-    async def _index_size(self) -> int:
-        await self.index_ready()
-        return len(self.index)
 
     async def verify(self, progress: Callable[[int], None] | None = None) -> VerifyReport:
         """Check everything: every ref resolves to a manifest that matches its

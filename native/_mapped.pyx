@@ -50,9 +50,6 @@ cdef class Window:
     def __getbuffer__(self, Py_buffer *buffer, int flags):
         PyBuffer_FillInfo(buffer, self, self.addr, self.length, 1, flags)
 
-    def __releasebuffer__(self, Py_buffer *buffer):
-        pass
-
     def __dealloc__(self):
         if self.addr != NULL:
             mg_unmap(self.addr, self.length, self.slot)

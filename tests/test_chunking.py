@@ -217,17 +217,15 @@ def test_params_for_picks_coarse_only_for_uniform_bytes_of_a_large_file():
     rng = np.random.default_rng(3)
     noise = rng.integers(0, 256, UNIFORM_MIN_FILE, dtype=np.uint8).tobytes()
     assert is_uniform(noise)
-    assert params_for(noise, True, fine, coarse) == coarse
-    assert params_for(noise, False, fine, coarse) == coarse         # the head of a longer file
-    assert params_for(noise[:-1], True, fine, coarse) == fine       # under 1 MiB
-    assert params_for(noise[:-1], False, fine, coarse) == fine      # a head that is too short
-    assert params_for(noise, True, fine, None) == fine              # a store without coarse
+    assert params_for(noise, fine, coarse) == coarse         # a file, or the head of a longer one
+    assert params_for(noise[:-1], fine, coarse) == fine      # under 1 MiB, or a head too short
+    assert params_for(noise, fine, None) == fine             # a store without coarse
     assert not is_uniform(noise[:UNIFORM_SAMPLE - 1])               # the sample must be whole
     # Structure anywhere in the sample puts a file out: a 4 KiB header of
     # zeros, float weights, text.
     assert not is_uniform(bytes(4096) + noise)
     w = rng.normal(size=UNIFORM_MIN_FILE // 4).astype(np.float32).tobytes()
-    assert params_for(w, True, fine, coarse) == fine
-    assert params_for(b"some text, " * 100_000, True, fine, coarse) == fine
+    assert params_for(w, fine, coarse) == fine
+    assert params_for(b"some text, " * 100_000, fine, coarse) == fine
     # Past the sample nothing counts: the rule reads the first 256 KiB only.
-    assert params_for(noise[:UNIFORM_SAMPLE] + bytes(UNIFORM_MIN_FILE), True, fine, coarse) == coarse
+    assert params_for(noise[:UNIFORM_SAMPLE] + bytes(UNIFORM_MIN_FILE), fine, coarse) == coarse
