@@ -86,7 +86,7 @@ def is_uniform(head) -> bool:
     a = np.frombuffer(memoryview(head).cast("B")[:UNIFORM_SAMPLE], np.uint8)
     if len(a) < UNIFORM_SAMPLE:
         return False
-    dev = np.bincount(a, minlength=256).astype(np.int64) - UNIFORM_SAMPLE // 256
+    dev = _chunker.byte_counts(a) - UNIFORM_SAMPLE // 256
     # chi2 = sum(dev^2) / E with E = UNIFORM_SAMPLE / 256, without division.
     return int((dev * dev).sum()) * 256 < UNIFORM_CHI2 * UNIFORM_SAMPLE
 

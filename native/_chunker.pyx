@@ -6,8 +6,8 @@ of a Python object per chunk.  The scan runs without the GIL, so threads of a
 pool chunk different blocks at once.
 """
 import numpy as np
-from libc.stdint cimport uint8_t, uint64_t
-from libc.string cimport memcpy
+from libc.stdint cimport int64_t, uint8_t, uint64_t
+from libc.string cimport memcpy, memset
 
 cdef extern from "gearcdc.h" nogil:
     ctypedef struct cdc_params:
@@ -71,6 +71,30 @@ cdef class Params:
     @property
     def min_size(self):
         return self.p.min_size
+
+
+def byte_counts(const uint8_t[::1] buf):
+    """How often each byte value occurs in buf: a (256,) int64 array.  Four
+    interleaved tables, without the GIL (numpy's bincount widened every byte
+    to an int64 first: 2 MB of fresh memory for a 256 KiB sample)."""
+    out = np.zeros(256, dtype=np.int64)
+    cdef int64_t[::1] o = out
+    cdef uint64_t t[4][256]
+    cdef size_t n = buf.shape[0], i = 0, j
+    memset(t, 0, sizeof(t))
+    with nogil:
+        while i + 4 <= n:
+            t[0][buf[i]] += 1
+            t[1][buf[i + 1]] += 1
+            t[2][buf[i + 2]] += 1
+            t[3][buf[i + 3]] += 1
+            i += 4
+        while i < n:
+            t[0][buf[i]] += 1
+            i += 1
+        for j in range(256):
+            o[j] = t[0][j] + t[1][j] + t[2][j] + t[3][j]
+    return out
 
 
 def find_ends(Params params, const uint8_t[::1] buf, bint eof, size_t scanned=0, bint reference=False,

@@ -210,6 +210,14 @@ def test_kernel_selection():
         _chunker.find_ends(DEFAULT_PARAMS.native(), b"x" * 100, True, 0, False, "no-such-kernel")
 
 
+def test_byte_counts_match_numpy():
+    rng = np.random.default_rng(5)
+    for n in (0, 1, 3, 4, 5, 1000, 256 << 10):
+        a = rng.integers(0, 256, n, dtype=np.uint8)
+        assert np.array_equal(_chunker.byte_counts(a), np.bincount(a, minlength=256))
+    assert _chunker.byte_counts(b"\xff" * 9)[255] == 9
+
+
 def test_params_for_picks_coarse_only_for_uniform_bytes_of_a_large_file():
     from ingest.chunking import UNIFORM_MIN_FILE, UNIFORM_SAMPLE, is_uniform, params_for
     fine = ChunkParams()
