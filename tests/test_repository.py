@@ -432,6 +432,70 @@ def test_malformed_ref_and_config_payloads_are_format_errors():
             StoreConfig.decode(seal(CMAGIC, 1, json.dumps(bad).encode()))
 
 
+def test_refs_read_the_same_with_and_without_the_json_parser():
+    """decode() reads what encode() writes without json.loads; any other
+    payload, valid or not, gets the parser and its checks, so both ways give
+    the same answers."""
+    import json
+    from ingest.envelope import seal
+    from ingest.errors import FormatError
+    from ingest.refs import MAGIC, Ref, _CANONICAL
+    for sha in (None, bytes(range(32))):
+        for size in (0, 7, 1 << 40):
+            r = Ref.new("a/b", bytes(range(1, 33)), size, sha)
+            data = r.encode()
+            assert _CANONICAL.fullmatch(data[16:-16])          # the fast way
+            assert Ref.decode("a/b", data) == r
+    fid = "c" * 64
+    for payload, want in [
+            # the parser's way: other spacing, key order, escapes, an int time
+            ({"file_id": fid, "sha256": None, "size": 3, "time": 5}, (fid, None, 3, 5.0)),
+            (json.dumps({"time": 1.5, "size": 3, "sha256": None, "file_id": fid}), (fid, None, 3, 1.5)),
+            ('{"file_id": "\u0063' + "c" * 63 + '", "sha256": null, "size": 3, "time": 1.0}',
+             (fid, None, 3, 1.0))]:
+        raw = payload if isinstance(payload, str) else json.dumps(payload, separators=(",", ":"))
+        r = Ref.decode("x", seal(MAGIC, 1, raw.encode()))
+        assert (r.file_id, r.sha256, r.size, r.time) == want
+    # Canonical in shape but not valid: refused as the parser refuses it.
+    for bad in ['{"file_id": "%s", "sha256": null, "size": 3, "time": 1e999}' % fid,
+                '{"file_id": "%s", "sha256": null, "size": 03, "time": 1.0}' % fid]:
+        with pytest.raises(FormatError):
+            Ref.decode("x", seal(MAGIC, 1, bad.encode()))
+
+
+def test_reingest_writes_a_missing_manifest_under_a_new_name(tmp_path):
+    """A file whose chunks are all stored gets its manifest built only when
+    it is written: a ref already naming the file needs none, a new name
+    does (here the manifest was lost, as a crash before it would lose it)."""
+    src = tmp_path / "t"
+    src.mkdir()
+    for i in range(5):
+        (src / f"f{i}.txt").write_bytes(text(3000 + 1000 * i, i))
+    (src / "big.bin").write_bytes(text(3 * MiB, 9))          # streamed, not a batch
+
+    async def go():
+        async with await Repository.open(tmp_path / "s") as repo:
+            first = await repo.put_tree([src], sha256=False)
+        for r in first:
+            os.remove(LocalStore(tmp_path / "s")._path("files/" + r.file_id))
+        async with await Repository.open(tmp_path / "s") as repo:
+            again = await repo.put_tree([src], sha256=False)  # refs name the files: nothing written
+            assert sorted(r.file_id for r in again) == sorted(r.file_id for r in first)
+            assert all(r.new_bytes == 0 for r in again)
+            assert not [k async for k in repo.store.list("files/")]
+            single = await repo.put_file(src / "big.bin", ref="elsewhere/big.bin")
+            moved = tmp_path / "moved"
+            src.rename(moved)
+            (moved / "f0.txt").rename(tmp_path / "f0.txt")
+            late = await repo.put_tree([moved, tmp_path / "f0.txt"], sha256=False)
+            assert all(r.new_bytes == 0 for r in late) and single.new_bytes == 0
+            for r in late:
+                path = tmp_path / "f0.txt" if r.ref == "f0.txt" else moved / r.ref.split("/", 1)[1]
+                assert await repo.read(r.ref) == path.read_bytes()
+            assert await repo.read("elsewhere/big.bin") == (moved / "big.bin").read_bytes()
+    run(go())
+
+
 def test_packs_in_flight_follow_the_kind_of_store(store_url):
     """A local disk keeps 2 packs in flight, a remote store 4 (both stores
     take a pack as parts, so that is not what tells them apart)."""
