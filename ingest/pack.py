@@ -81,11 +81,17 @@ class PackBuilder:
         self.chunks: list[np.ndarray] = []
 
     def add_frame(self, codec: int, stored: list, raw_len: int, chunk_ids: np.ndarray,
-                  chunk_lengths: np.ndarray) -> tuple[int, int]:
+                  chunk_lengths: np.ndarray, head: bytes | None = None) -> tuple[int, int]:
         """Append one frame (stored bytes as a list of buffers); returns
-        (frame index, offset of its header)."""
+        (frame index, offset of its header).  `head`: its frame_header(),
+        when the caller computed it already (in a pool thread: the checksum
+        reads every stored byte)."""
         n = len(chunk_lengths)
-        head = frame_header(codec, n, raw_len, stored)
+        if head is None:
+            head = frame_header(codec, n, raw_len, stored)
+        _, got_codec, got_n, got_raw, _, _ = FRAME_HEADER.unpack(head)
+        if (got_codec, got_n, got_raw) != (codec, n, raw_len):
+            raise ValueError("frame header does not describe this frame")
         length = FRAME_HEADER.size + FRAME_HEADER.unpack(head)[4]
         offset = self.size
         index = len(self.frames)
