@@ -35,7 +35,7 @@ from mmap import ALLOCATIONGRANULARITY
 import numpy as np
 
 from . import chunking, hashing
-from ._mapped import Window
+from ._mapped import Window, read_files
 from .compression import Compressor
 from .index import LOCATION, encode_shard
 from .manifest import Manifest
@@ -257,13 +257,20 @@ def scan_small_file(path, limit: int, params, sha256: bool = True, coarse=None
 def scan_small_files(paths, limit: int, params, sha256: bool = True, coarse=None) -> list:
     """scan_small_file of each path in one pool task (one hop for a batch of
     a tree's small files instead of one each): per path its scan, None if it
-    is larger than `limit`, or the OSError that opening or reading it raised."""
+    is larger than `limit` (or grew while read), or the OSError that opening
+    or reading it raised.  The files are read in one native call
+    (_mapped.read_files), not a few syscalls each that each gave up the GIL
+    and waited to get it back."""
     out = []
-    for path in paths:
-        try:
-            out.append(scan_small_file(path, limit, params, sha256, coarse))
-        except OSError as e:
-            out.append(e)
+    for data in read_files(paths, limit):
+        if data is False:
+            out.append(None)
+        elif isinstance(data, OSError):
+            out.append(data)
+        else:
+            ends = chunking.chunk_ends(data, chunking.params_for(data, params, coarse))
+            out.append((data, ends, hashing.chunk_ids(data, ends),
+                        hashlib.sha256(data).digest() if sha256 else None))
     return out
 
 

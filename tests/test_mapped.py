@@ -251,3 +251,34 @@ def test_a_tree_of_mapped_files_releases_every_window(tmp_path):
     finally:
         held.clear()
         os.close(fd)
+
+
+def test_read_files_reads_many_files_and_says_what_failed(tmp_path):
+    """_mapped.read_files: each file's bytes, False past the limit, and the
+    OSError (with its errno) of a path it could not read."""
+    from ingest._mapped import read_files
+    files = {"empty": b"", "small": b"x" * 7, "bigger": os.urandom(300_000)}
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    (tmp_path / "dir").mkdir()
+    got = read_files([tmp_path / "small", str(tmp_path / "empty"), tmp_path / "missing",
+                      tmp_path / "dir", tmp_path / "bigger", b"%s" % bytes(tmp_path / "small")])
+    assert got[0] == b"x" * 7 and got[1] == b"" and got[4] == files["bigger"] and got[5] == got[0]
+    assert isinstance(got[2], FileNotFoundError) and got[2].filename == str(tmp_path / "missing")
+    assert isinstance(got[3], IsADirectoryError)
+    assert read_files([tmp_path / "bigger", tmp_path / "small"], 7) == [False, b"x" * 7]
+    assert read_files([]) == []
+
+
+def test_local_store_batch_reads_a_directory_key_as_missing(tmp_path):
+    """get_many's native batch read answers like a read one at a time: a key
+    whose file name is a directory is absent, like a missing one."""
+    from ingest.stores.local import LocalStore
+    store = LocalStore(tmp_path / "s")
+    for k in ("r/a", "r/b", "r/c"):
+        assert store._put(k, k.encode(), False)
+    (tmp_path / "s" / "r" / "d%").mkdir()
+    want = [b"r/a", None, b"r/b", None, b"r/c"]
+    keys = ["r/a", "r/missing", "r/b", "r/d", "r/c"]
+    assert store._get_ranges([(k, 0, None) for k in keys]) == want
+    assert [store._get_or_none(k, 0, None) for k in keys] == want

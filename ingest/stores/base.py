@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import re
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
@@ -26,16 +27,19 @@ class ObjectInfo:
     size: int
 
 
+_BAD_KEY_CHAR = re.compile("[\x00-\x1f\\\\]")     # control characters (NUL too) and backslash
+
+
 def check_key(key: str) -> str:
     """Refuse keys that could escape a directory or confuse a store."""
     if not isinstance(key, str) or not key:
         raise InvalidName("empty object key")
     if len(key.encode("utf-8", "surrogatepass")) > MAX_KEY_BYTES:
         raise InvalidName(f"object key longer than {MAX_KEY_BYTES} bytes")
-    if "\x00" in key or "\\" in key or key.startswith("/"):
+    if _BAD_KEY_CHAR.search(key) or key.startswith("/"):
         raise InvalidName(f"invalid object key {key!r}")
     for part in key.split("/"):
-        if part in ("", ".", "..") or any(ord(c) < 32 for c in part):
+        if part in ("", ".", ".."):
             raise InvalidName(f"invalid object key {key!r}")
     return key
 
