@@ -212,7 +212,7 @@ class Repository:
                        on_result: Callable[[IngestResult], None] | None = None,
                        progress: Callable[[int], None] | None = None,
                        sha256: bool = True,
-                       planned: list[tuple[Path, str, int]] | None = None) -> list[IngestResult]:
+                       planned: list[tuple[str, str, int]] | None = None) -> list[IngestResult]:
         """Ingest files and directories (recursively).  A file's ref is its
         name; a directory's files get DIRNAME/relative/path, as `cp -r` would
         name them.  Every path is checked before anything is written; the
@@ -242,7 +242,7 @@ class Repository:
             if on_result:
                 on_result(r)
 
-        async def one(i: int, path: Path, ref: str) -> None:
+        async def one(i: int, path: str, ref: str) -> None:
             try:
                 async with slots:        # the data phase is what needs bounding
                     w = await self._write_path(s, path, progress)
@@ -315,7 +315,7 @@ class Repository:
             raise
         return [r for r in results if r is not None]
 
-    async def _write_path(self, s: WriteSession, path: Path, progress):
+    async def _write_path(self, s: WriteSession, path: str | os.PathLike, progress):
         try:
             small = await self._run(scan_small_file, path, SMALL_FILE, s.params, s.sha256,
                                     s.coarse)
@@ -344,7 +344,7 @@ class Repository:
         finally:
             f.close()
 
-    async def _put_path(self, s, path: Path, ref, *, flush, progress=None) -> IngestResult:
+    async def _put_path(self, s, path: str | os.PathLike, ref, *, flush, progress=None) -> IngestResult:
         if ref is not None:
             ref_key(ref)
         w = await self._write_path(s, path, progress)
@@ -1094,41 +1094,32 @@ def stream_reader(stream):
     raise TypeError("put_stream needs an async iterable, an async read(), or a binary file")
 
 
-def plan_tree(paths: Iterable[str | os.PathLike]) -> Iterable[tuple[Path, str]]:
+def plan_tree(paths: Iterable[str | os.PathLike]) -> Iterable[tuple[str, str]]:
     """(file, ref) for every regular file under `paths`, checking each path
     exists first.  Symlinks to files are followed; symlinked directories are
     not entered (no loops); sockets, fifos and devices are skipped."""
     return [(p, ref) for p, ref, _ in plan_tree_sized(paths)]
 
 
-def plan_tree_sized(paths: Iterable[str | os.PathLike]) -> list[tuple[Path, str, int]]:
-    """plan_tree with each file's size, from the stat that found it."""
+def plan_tree_sized(paths: Iterable[str | os.PathLike]) -> list[tuple[str, str, int]]:
+    """plan_tree with each file's size, from the stat that found it.  Files
+    are paths as strings, a directory's files in name order before its
+    subdirectories (in name order, depth first).  Walked with scandir and
+    without a Path per file: os.walk and a Path per file took 8-9 ms for a
+    package version's 569 files, ahead of any work on them."""
     jobs = []
     for raw in paths:
-        p = Path(raw)
+        p = os.fspath(raw)
         try:
-            st = p.stat()
+            st = os.stat(p)
         except FileNotFoundError:
             raise NotFound(f"no such file or directory: {raw}") from None
         except OSError as e:
             raise IngestError(f"cannot access {raw}: {e.strerror}") from None
         if stat.S_ISREG(st.st_mode):
-            jobs.append((p, p.name, st.st_size))
+            jobs.append((p, os.path.basename(p), st.st_size))
         elif stat.S_ISDIR(st.st_mode):
-            top = p.resolve().name or "root"
-            for dirpath, dirnames, filenames in os.walk(p, onerror=_raise):
-                dirnames.sort()
-                rel = os.path.relpath(dirpath, p)
-                for name in sorted(filenames):
-                    fp = Path(dirpath, name)
-                    try:
-                        fst = fp.stat()             # follows a symlink, as is_file() did
-                    except OSError:
-                        continue
-                    if not stat.S_ISREG(fst.st_mode):
-                        continue
-                    parts = [top] + ([] if rel == "." else rel.split(os.sep)) + [name]
-                    jobs.append((fp, "/".join(parts), fst.st_size))
+            _walk(p, Path(p).resolve().name or "root", jobs)
         else:
             raise IngestError(f"not a regular file or directory: {raw}")
     for _, ref, _ in jobs:
@@ -1136,11 +1127,35 @@ def plan_tree_sized(paths: Iterable[str | os.PathLike]) -> list[tuple[Path, str,
     return jobs
 
 
+def _walk(top: str, name: str, jobs: list) -> None:
+    stack = [(top, name)]                    # (directory, its ref prefix)
+    while stack:
+        d, prefix = stack.pop()
+        try:
+            with os.scandir(d) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as e:
+            _raise(e)
+        subdirs = []
+        for e in entries:
+            if e.is_dir():                   # follows a symlink, as os.walk did
+                if not e.is_symlink():
+                    subdirs.append(e)
+                continue
+            try:
+                fst = e.stat()               # follows a symlink to a file
+            except OSError:
+                continue
+            if stat.S_ISREG(fst.st_mode):
+                jobs.append((e.path, f"{prefix}/{e.name}", fst.st_size))
+        stack.extend((e.path, f"{prefix}/{e.name}") for e in reversed(subdirs))
+
+
 def _raise(e: OSError):
     raise IngestError(f"cannot read directory {e.filename}: {e.strerror}")
 
 
-def _group_small(planned: list[tuple[Path, str, int]]):
+def _group_small(planned: list[tuple[str, str, int]]):
     """Per job in order: (i, path, ref) for a file streamed on its own, or a
     list of them for a batch of small files (at most SMALL_BATCH_FILES and
     about SMALL_BATCH_BYTES: the memory one slot may hold)."""
