@@ -133,7 +133,10 @@ class Repository:
         async def load(key: str):
             try:
                 data = await self.store.get(key)
-                return key, await self._run(decode_shard, data, f"index shard {key}")
+                # Not in the pool: the first write's scans fill its queue,
+                # and every lookup waits for the index (a package version's
+                # first batches waited ~30 ms behind them).
+                return key, await asyncio.to_thread(decode_shard, data, f"index shard {key}")
             except ObjectNotFound:
                 return key, None
             except IngestError as e:
@@ -219,12 +222,13 @@ class Repository:
         tree is walked in a thread, not on the event loop.  `planned`: what
         `plan_tree_sized(paths)` returned, so the tree is not walked again
         (`paths` is then not read)."""
+        # The session first: it starts loading the index, beside the walk.
+        s = self.session(sha256=sha256)
         if planned is None:
             paths = list(paths)
             planned = await asyncio.to_thread(plan_tree_sized, paths)
         if not planned:
             return []
-        s = self.session(sha256=sha256)
         slots = asyncio.Semaphore(FILES_IN_FLIGHT)
         results: list[IngestResult | None] = [None] * len(planned)
         writes_left = len(planned)
