@@ -116,6 +116,14 @@ def chunk_ends(buf, params: ChunkParams | None = None) -> np.ndarray:
     return ends
 
 
+def chunk_ends_many(bufs: list[bytes], params: ChunkParams | None = None
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """chunk_ends of each of many bytes objects, in one native call: (all
+    their ends in order, each an offset into its own buffer; per buffer its
+    number of chunks)."""
+    return _chunker.find_ends_many(_native(params), bufs)
+
+
 def find_ends(buf, eof: bool, scanned: int = 0, params: ChunkParams | None = None):
     """Low-level form for callers that keep their own buffer (the pipeline).
 

@@ -43,6 +43,13 @@ def chunk_ids(buf, ends: np.ndarray, start: int = 0) -> np.ndarray:
     return _blake3.hash_chunks(buf, ends, start)
 
 
+def chunk_ids_many(bufs: list[bytes], ends: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """chunk_ids of many bytes objects in one native call, with ends and
+    counts as chunking.chunk_ends_many returns them: one (n, 32) array of
+    every chunk's id, in order."""
+    return _blake3.hash_chunks_many(bufs, ends, counts)
+
+
 def file_id(ids: np.ndarray, lengths: np.ndarray) -> bytes:
     """Merkle root over the chunk rows (see module docstring)."""
     if len(lengths) == 1:

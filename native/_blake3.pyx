@@ -9,7 +9,9 @@ arguments are checked with the GIL held, then every chunk is hashed with it
 released.
 """
 import numpy as np
-from libc.stdint cimport uint8_t, uint64_t
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from libc.stdint cimport int64_t, uint8_t, uint64_t
+from libc.stdlib cimport free, malloc
 
 cdef extern from "blake3/blake3.h" nogil:
     enum: BLAKE3_OUT_LEN
@@ -81,6 +83,62 @@ def hash_chunks(buf, ends, Py_ssize_t start=0):
             blake3_hasher_update(&h, p + prev, e[i] - prev)
             blake3_hasher_finalize(&h, &o[i, 0], BLAKE3_OUT_LEN)
             prev = e[i]
+    return out
+
+
+def hash_chunks_many(list bufs, ends, counts):
+    """hash_chunks of many whole buffers (bytes objects) at once, with the
+    GIL released once: `ends` and `counts` as _chunker.find_ends_many
+    returns them (each buffer's chunk ends, offsets into it, in order).
+    One (total, 32) uint8 array of the ids of every chunk, in order."""
+    cdef const uint64_t[::1] e = _ends(ends)
+    c = np.asarray(counts, dtype=np.int64)
+    cdef Py_ssize_t n = len(bufs), i
+    if c.ndim != 1 or len(c) != n:
+        raise ValueError(f"{len(c)} counts for {n} buffers")
+    if len(c) and c.min() < 0:
+        raise ValueError("chunk counts must not be negative")
+    if int(c.sum()) != e.shape[0]:
+        raise ValueError(f"counts add up to {int(c.sum())}, not the {e.shape[0]} ends given")
+    cdef const int64_t[::1] cc = np.ascontiguousarray(c)
+    cdef size_t pos = 0, j, k
+    cdef uint64_t prev
+    for i in range(n):
+        b = bufs[i]
+        if type(b) is not bytes:
+            raise TypeError(f"hash_chunks_many takes bytes, not {type(b).__name__}")
+        prev = 0
+        for k in range(<size_t>cc[i]):
+            if e[pos + k] < prev:
+                raise ValueError(f"chunk end {e[pos + k]} of buffer {i} is before the previous end {prev}")
+            prev = e[pos + k]
+        if prev > <uint64_t>PyBytes_GET_SIZE(b):
+            raise ValueError(f"chunk end {prev} is past buffer {i} of {PyBytes_GET_SIZE(b)} bytes")
+        pos += cc[i]
+    out = np.empty((e.shape[0], BLAKE3_OUT_LEN), dtype=np.uint8)
+    if e.shape[0] == 0:
+        return out
+    cdef uint8_t[:, ::1] o = out
+    cdef const uint8_t **ptrs = <const uint8_t **>malloc(max(n, 1) * sizeof(uint8_t *))
+    if ptrs == NULL:
+        raise MemoryError()
+    cdef blake3_hasher h
+    try:
+        for i in range(n):
+            ptrs[i] = <const uint8_t *>PyBytes_AS_STRING(bufs[i])
+        pos = 0
+        with nogil:
+            for i in range(n):
+                prev = 0
+                for k in range(<size_t>cc[i]):
+                    j = pos + k
+                    blake3_hasher_init(&h)
+                    blake3_hasher_update(&h, ptrs[i] + prev, e[j] - prev)
+                    blake3_hasher_finalize(&h, &o[j, 0], BLAKE3_OUT_LEN)
+                    prev = e[j]
+                pos += cc[i]
+    finally:
+        free(ptrs)
     return out
 
 

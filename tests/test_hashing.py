@@ -200,3 +200,27 @@ def test_file_id_follows_the_spec(n):
     assert hashing.file_id(ids, lengths) == want
     if n == 1:
         assert hashing.file_id(ids[0], lengths) == want   # one id as a flat row
+
+
+def test_many_buffers_chunk_and_hash_as_one_at_a_time():
+    """chunk_ends_many + chunk_ids_many (one native call each for a batch of
+    small files) give each buffer the ends and ids it gets on its own."""
+    from ingest import chunking
+    rng = np.random.default_rng(11)
+    bufs = [b"", b"x", rng.integers(0, 256, 5000, dtype=np.uint8).tobytes(), bytes(200_000),
+            rng.integers(0, 256, 700_000, dtype=np.uint8).tobytes()]
+    ends, counts = chunking.chunk_ends_many(bufs)
+    ids = hashing.chunk_ids_many(bufs, ends, counts)
+    assert counts.tolist()[:2] == [0, 1] and len(ends) == len(ids) == counts.sum()
+    pos = 0
+    for b, n in zip(bufs, counts.tolist()):
+        one = chunking.chunk_ends(b)
+        assert np.array_equal(ends[pos:pos + n], one)
+        assert np.array_equal(ids[pos:pos + n], hashing.chunk_ids(b, one))
+        pos += n
+    with pytest.raises(ValueError):
+        hashing.chunk_ids_many(bufs[:2], np.array([2], np.uint64), np.array([0, 1]))   # past the end
+    with pytest.raises(ValueError):
+        hashing.chunk_ids_many(bufs[:2], np.array([1], np.uint64), np.array([0, 2]))   # counts != ends
+    with pytest.raises(TypeError):
+        chunking.chunk_ends_many([bytearray(b"abc")])
