@@ -1,7 +1,10 @@
 # cython: language_level=3
 """Cython driver of native/mapguard.c: read-only windows of a file, mapped
 without copying its bytes, that raise no SIGBUS when the file shrinks; and
-read_files, many small files read with the GIL released twice in all."""
+batches of small-file I/O with the GIL released once a step (read_files,
+write_new_files, place_files, remove_files): a thread making a few
+syscalls per file gives up the GIL at each, and beside busy threads each
+time is a wait to get it back."""
 import os
 
 from cpython.buffer cimport PyBuffer_FillInfo
@@ -10,9 +13,12 @@ from libc.errno cimport EINTR, EISDIR, errno
 from libc.stdint cimport uint64_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport strerror
-from posix.fcntl cimport O_CLOEXEC, O_RDONLY, open as c_open
+from posix.fcntl cimport O_CLOEXEC, O_CREAT, O_EXCL, O_RDONLY, O_WRONLY, open as c_open
 from posix.stat cimport S_ISDIR, fstat, struct_stat
-from posix.unistd cimport close, read
+from posix.unistd cimport close, link, read, unlink, write
+
+cdef extern from "stdio.h" nogil:
+    int rename(const char *old, const char *new)
 
 
 cdef extern from "mapguard.h" nogil:
@@ -156,3 +162,105 @@ def read_files(paths, size_t limit=<size_t>-1 >> 1):
             if fds[i] >= 0:
                 close(fds[i])
         free(fds); free(errs); free(grew); free(sizes); free(got); free(bufs); free(cnames)
+
+
+cdef const char **_c_names(list names) except NULL:
+    cdef const char **out = <const char **>malloc(max(len(names), 1) * sizeof(char *))
+    if out == NULL:
+        raise MemoryError()
+    for i in range(len(names)):
+        out[i] = names[i]
+    return out
+
+
+def write_new_files(paths, datas):
+    """Create each path (it must not exist: O_EXCL, mode 0o644) and write
+    its bytes (a bytes object each), without the GIL.  Per file, in order,
+    0 or the errno that failed it; a file that failed half way is left for
+    the caller to remove.  Not synced: the caller syncs (syncfs)."""
+    names = [os.fsencode(p) for p in paths]
+    datas = list(datas)
+    cdef Py_ssize_t n = len(names), i
+    if len(datas) != n:
+        raise ValueError(f"{len(datas)} contents for {n} paths")
+    for d in datas:
+        if type(d) is not bytes:
+            raise TypeError(f"write_new_files takes bytes, not {type(d).__name__}")
+    cdef const char **cn = _c_names(names)
+    cdef const char **bufs = <const char **>malloc(max(n, 1) * sizeof(char *))
+    cdef size_t *sizes = <size_t *>malloc(max(n, 1) * sizeof(size_t))
+    cdef int *errs = <int *>malloc(max(n, 1) * sizeof(int))
+    cdef int fd
+    cdef size_t done
+    cdef ssize_t r
+    try:
+        if bufs == NULL or sizes == NULL or errs == NULL:
+            raise MemoryError()
+        for i in range(n):
+            bufs[i] = PyBytes_AS_STRING(datas[i])
+            sizes[i] = len(datas[i])
+        with nogil:
+            for i in range(n):
+                errs[i] = 0
+                fd = c_open(cn[i], O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o644)
+                if fd < 0:
+                    errs[i] = errno
+                    continue
+                done = 0
+                while done < sizes[i]:
+                    r = write(fd, bufs[i] + done, sizes[i] - done)
+                    if r < 0:
+                        if errno == EINTR:
+                            continue
+                        errs[i] = errno
+                        break
+                    done += r
+                if close(fd) != 0 and not errs[i]:
+                    errs[i] = errno
+        return [errs[i] for i in range(n)]
+    finally:
+        free(cn); free(bufs); free(sizes); free(errs)
+
+
+def place_files(tmps, finals, bint link_only):
+    """Put each temporary file at its final path, without the GIL: a hard
+    link with `link_only` (it fails with EEXIST if the final path exists:
+    atomic if-absent; the temporary name stays), else a rename over
+    whatever is there.  Per file, 0 or the errno."""
+    a = [os.fsencode(p) for p in tmps]
+    b = [os.fsencode(p) for p in finals]
+    cdef Py_ssize_t n = len(a), i
+    if len(b) != n:
+        raise ValueError(f"{len(b)} final paths for {n} temporary files")
+    cdef const char **ca = _c_names(a)
+    cdef const char **cb = NULL
+    cdef int *errs = <int *>malloc(max(n, 1) * sizeof(int))
+    try:
+        cb = _c_names(b)
+        if errs == NULL:
+            raise MemoryError()
+        with nogil:
+            for i in range(n):
+                errs[i] = 0
+                if (link(ca[i], cb[i]) if link_only else rename(ca[i], cb[i])) != 0:
+                    errs[i] = errno
+        return [errs[i] for i in range(n)]
+    finally:
+        free(ca); free(cb); free(errs)
+
+
+def remove_files(paths):
+    """Unlink each path, without the GIL; errors (a name already gone) are
+    ignored.  How many were removed."""
+    names = [os.fsencode(p) for p in paths]
+    cdef Py_ssize_t n = len(names), i
+    cdef int removed = 0
+    cdef const char **cn = _c_names(names)
+    try:
+        with nogil:
+            for i in range(n):
+                if unlink(cn[i]) == 0:
+                    removed += 1
+        return removed
+    finally:
+        free(cn)

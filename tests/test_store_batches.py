@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -519,3 +520,34 @@ def test_refs_spread_over_the_store_are_read_not_listed(s3_url, tmp_path):
             assert m1["get"]["requests"] - m0["get"]["requests"] >= 12
             assert await repo.read("beta/f3") == b"beta 3"
     run(go())
+
+
+def test_local_batch_of_bytes_is_written_natively_like_one_by_one(tmp_path, monkeypatch):
+    """A local batch of bytes objects goes through _put_many_native (one
+    native call a step); it answers as the per-object path does, and leaves
+    no temporary file whatever happens."""
+    from ingest.stores import local
+    store = LocalStore(tmp_path / "s")
+    calls = []
+    real = local.LocalStore._put_many_native
+    monkeypatch.setattr(local.LocalStore, "_put_many_native",
+                        lambda self, *a: calls.append(1) or real(self, *a))
+    assert store._put("n/exists", b"old", False)
+    got = store._put_many([("n/a", b"1"), ("n/exists", b"new"), ("n/deep/er/b", b"2"),
+                           ("n/empty", b"")], True)
+    assert got == [True, False, True, True] and calls
+    assert [store._get(k, 0, None) for k in ("n/a", "n/exists", "n/deep/er/b", "n/empty")] \
+        == [b"1", b"old", b"2", b""]
+    assert store._put_many([("n/a", b"one"), ("n/exists", b"new"), ("n/c", b"3"), ("n/d", b"4")],
+                           False) == [True] * 4
+    assert store._get("n/a", 0, None) == b"one" and store._get("n/exists", 0, None) == b"new"
+    # A file where a directory must go fails the batch with a clear error.
+    (tmp_path / "s" / "blocked").write_bytes(b"")
+    with pytest.raises(IngestError, match="cannot write"):
+        store._put_many([("n/e", b"5"), ("blocked/x", b"6"), ("n/f", b"7"), ("n/g", b"8")], True)
+    # A directory removed under the store after it was made is made again.
+    shutil.rmtree(tmp_path / "s" / "n" / "deep")
+    assert store._put_many([("n/deep/er/c", b"9")] * 1 + [(f"n/h{i}", b"h") for i in range(3)],
+                           True) == [True] * 4
+    assert store._get("n/deep/er/c", 0, None) == b"9"
+    assert not list((tmp_path / "s" / "%tmp").iterdir())

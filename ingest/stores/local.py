@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import errno
 import os
 import threading
 import time
@@ -22,7 +23,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from .._mapped import read_files
+from .._mapped import place_files, read_files, remove_files, write_new_files
 from ..errors import StoreError
 from .base import ObjectInfo, ObjectNotFound, PutStream, Store, as_parts, check_key
 
@@ -81,7 +82,7 @@ class LocalStore(Store):
         self._swept = False
         # Directories this store made or found (bounded): a mkdir per object
         # was a syscall and a caught FileExistsError each.
-        self._dirs: set[Path] = set()
+        self._dirs: set[str] = set()
         self._root = str(self.root)
 
     def _path(self, key: str) -> Path:
@@ -124,12 +125,7 @@ class LocalStore(Store):
 
     def _new_tmp(self) -> tuple[Path, int]:
         """A new temporary file for an object being written, and its fd."""
-        if not self._swept:
-            self._swept = True
-            try:
-                self.sweep_tmp()
-            except OSError:
-                pass                    # a sweep that cannot run must not fail the write
+        self._sweep_once()
         tmp = self.root / TMP / f"{uuid.uuid4().hex}.tmp"
         return tmp, os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
 
@@ -151,6 +147,9 @@ class LocalStore(Store):
         temporary file, then settle them all at once (_settle).  One thread
         hop and one directory sync for a batch: 256 small objects took ~60
         ms here, 0.23 ms each."""
+        if (self.batch_sync and len(items) >= SYNC_FS_FROM
+                and all(type(data) is bytes for _, data in items)):
+            return self._put_many_native(items, if_absent)
         results = [False] * len(items)
         staged: list[list] = []            # [key, temporary path, final path, fd]
         where: list[int] = []              # item no. of each staged object
@@ -175,9 +174,74 @@ class LocalStore(Store):
         finally:
             self._discard(staged)
 
-    def _mkdirs(self, d: Path) -> None:
+    def _put_many_native(self, items: list[tuple[str, bytes]], if_absent: bool) -> list[bool]:
+        """_put_many of a batch of bytes objects made durable with syncfs(),
+        each step for the whole batch in one native call (_mapped): create
+        and write the temporary files, syncfs, link or rename them into
+        place, syncfs, remove what is left.  In Python, each object's five
+        syscalls gave up the GIL and waited to get it back: a package
+        version's 64 refs took ~14 ms in a batch beside the scans, ~5.5
+        alone.  An if-absent object that exists is found by its link
+        failing (EEXIST), not by a stat first."""
+        key = ""
+        finals: list[str] = []
+        try:
+            for key, _ in items:
+                final = self._path_str(key)
+                self._mkdirs(os.path.dirname(final))
+                finals.append(final)
+        except OSError as e:
+            raise StoreError(f"cannot write {key}: {e.strerror or e}") from None
+        self._sweep_once()
+        prefix = os.path.join(self._root, TMP, uuid.uuid4().hex)
+        tmps = [f"{prefix}-{i}.tmp" for i in range(len(items))]
+        left = tmps                                    # temporary names that may exist
+        try:
+            for (key, _), err in zip(items, write_new_files(tmps, [d for _, d in items])):
+                if err:
+                    raise StoreError(f"cannot write {key}: {os.strerror(err)}")
+            key = f"a batch of {len(items)} objects"
+            self._syncfs()
+            results = []
+            for i, err in enumerate(place_files(tmps, finals, if_absent)):
+                key = items[i][0]
+                if err == errno.ENOENT:
+                    # Its directory was removed (by someone else) since it was made.
+                    d = os.path.dirname(finals[i])
+                    self._dirs.discard(d)
+                    self._mkdirs(d)
+                    results.append(self._place(tmps[i], finals[i], key, if_absent))
+                elif err == errno.EEXIST and if_absent:
+                    results.append(False)
+                elif err:
+                    raise StoreError(f"cannot write {key}: {os.strerror(err)}")
+                else:
+                    results.append(True)
+                    if not if_absent:
+                        self._forget(key)              # a kept open file holds the old bytes
+            if not if_absent:
+                left = []                              # every one renamed
+            key = f"a batch of {len(items)} objects"
+            self._syncfs()
+            return results
+        except OSError as e:
+            raise StoreError(f"cannot write {key}: {e.strerror or e}") from None
+        finally:
+            if left:
+                remove_files(left)
+
+    def _sweep_once(self) -> None:
+        if not self._swept:
+            self._swept = True
+            try:
+                self.sweep_tmp()
+            except OSError:
+                pass                    # a sweep that cannot run must not fail the write
+
+    def _mkdirs(self, d: str | Path) -> None:
+        d = os.fspath(d)
         if d not in self._dirs:
-            d.mkdir(parents=True, exist_ok=True)
+            os.makedirs(d, exist_ok=True)
             if len(self._dirs) >= MAX_KNOWN_DIRS:
                 self._dirs.clear()
             self._dirs.add(d)
@@ -209,7 +273,7 @@ class LocalStore(Store):
                     placed.append(self._place(tmp, path, key, if_absent))
                 except FileNotFoundError:
                     # Its directory was removed (by someone else) since it was made.
-                    self._dirs.discard(path.parent)
+                    self._dirs.discard(os.fspath(path.parent))
                     self._mkdirs(path.parent)
                     placed.append(self._place(tmp, path, key, if_absent))
                 if not if_absent:
