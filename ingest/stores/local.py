@@ -527,6 +527,7 @@ class _LocalPut(PutStream):
         self._store = store
         self._tmp: Path | None = None
         self._fd: int | None = None
+        self._written = 0
         self._order = asyncio.Lock()
 
     def _write(self, parts: list) -> None:
@@ -536,6 +537,14 @@ class _LocalPut(PutStream):
             _write_fd(self._fd, parts)
         except OSError as e:
             raise StoreError(f"cannot write a new object: {e.strerror or e}") from None
+        n = sum(memoryview(p).nbytes for p in parts)
+        if _sync_file_range is not None and n:
+            # Start the disk on these bytes now (a hint: commit's fsync is
+            # what makes them durable), so the fsync waits only for the
+            # last part: a 64 MiB pack's fsync was ~30-40 ms at the end of
+            # a new file's ingest, with the disk idle while it filled.
+            _sync_file_range(self._fd, self._written, n, SYNC_FILE_RANGE_WRITE)
+        self._written += n
 
     def _commit(self, key: str, if_absent: bool) -> bool:
         path = self._store._path(key)
@@ -551,10 +560,12 @@ class _LocalPut(PutStream):
         finally:
             self._store._discard([st])          # what _settle left: an fd, a temporary name
             self._tmp = self._fd = None
+            self._written = 0
 
     def _drop(self) -> None:
         LocalStore._discard([[None, self._tmp, None, self._fd]])
         self._tmp = self._fd = None
+        self._written = 0
 
     async def write(self, parts: list) -> None:
         async with self._order:
@@ -583,6 +594,21 @@ def _load_syncfs():
 
 
 _syncfs = _load_syncfs()
+
+
+def _load_sync_file_range():
+    """libc's sync_file_range(2) (Linux), or None."""
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (AttributeError, OSError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_sync_file_range = _load_sync_file_range()
+SYNC_FILE_RANGE_WRITE = 2       # start writeback of the range's dirty pages; do not wait
 
 
 def _pread_all(fd: int, start: int, want: int) -> bytes:
