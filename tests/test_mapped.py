@@ -282,3 +282,12 @@ def test_local_store_batch_reads_a_directory_key_as_missing(tmp_path):
     keys = ["r/a", "r/missing", "r/b", "r/d", "r/c"]
     assert store._get_ranges([(k, 0, None) for k in keys]) == want
     assert [store._get_or_none(k, 0, None) for k in keys] == want
+
+
+def test_paths_exist_is_os_path_exists(tmp_path):
+    from ingest._mapped import paths_exist
+    (tmp_path / "f").write_bytes(b"")
+    (tmp_path / "d").mkdir()
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    paths = [tmp_path / "f", tmp_path / "d", tmp_path / "missing", tmp_path / "dangling", b"/"]
+    assert paths_exist(paths) == [os.path.exists(p) for p in paths] == [True, True, False, False, True]

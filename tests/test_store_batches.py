@@ -541,6 +541,9 @@ def test_local_batch_of_bytes_is_written_natively_like_one_by_one(tmp_path, monk
     assert store._put_many([("n/a", b"one"), ("n/exists", b"new"), ("n/c", b"3"), ("n/d", b"4")],
                            False) == [True] * 4
     assert store._get("n/a", 0, None) == b"one" and store._get("n/exists", 0, None) == b"new"
+    # If-absent objects all there: nothing is written (they are stat'ed first).
+    assert store._put_many([(k, b"x") for k in ("n/a", "n/c", "n/d", "n/exists")], True) == [False] * 4
+    assert store._get("n/c", 0, None) == b"3"
     # A file where a directory must go fails the batch with a clear error.
     (tmp_path / "s" / "blocked").write_bytes(b"")
     with pytest.raises(IngestError, match="cannot write"):

@@ -23,7 +23,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from .._mapped import place_files, read_files, remove_files, write_new_files
+from .._mapped import paths_exist, place_files, read_files, remove_files, write_new_files
 from ..errors import StoreError
 from .base import ObjectInfo, ObjectNotFound, PutStream, Store, as_parts, check_key
 
@@ -176,22 +176,28 @@ class LocalStore(Store):
 
     def _put_many_native(self, items: list[tuple[str, bytes]], if_absent: bool) -> list[bool]:
         """_put_many of a batch of bytes objects made durable with syncfs(),
-        each step for the whole batch in one native call (_mapped): create
-        and write the temporary files, syncfs, link or rename them into
-        place, syncfs, remove what is left.  In Python, each object's five
-        syscalls gave up the GIL and waited to get it back: a package
-        version's 64 refs took ~14 ms in a batch beside the scans, ~5.5
-        alone.  An if-absent object that exists is found by its link
-        failing (EEXIST), not by a stat first."""
+        each step for the whole batch in one native call (_mapped): stat the
+        if-absent objects, create and write the temporary files, syncfs,
+        link or rename them into place, syncfs, remove what is left.  In
+        Python, each object's five syscalls gave up the GIL and waited to
+        get it back: a package version's 64 refs took ~14 ms in a batch
+        beside the scans, ~5.5 alone.  An if-absent object that appears
+        after its stat is found by its link failing (EEXIST)."""
         key = ""
-        finals: list[str] = []
+        out = [False] * len(items)
         try:
-            for key, _ in items:
-                final = self._path_str(key)
-                self._mkdirs(os.path.dirname(final))
-                finals.append(final)
+            paths = [self._path_str(key) for key, _ in items]
+            todo = ([i for i, there in enumerate(paths_exist(paths)) if not there] if if_absent
+                    else list(range(len(items))))
+            for i in todo:
+                key = items[i][0]
+                self._mkdirs(os.path.dirname(paths[i]))
         except OSError as e:
             raise StoreError(f"cannot write {key}: {e.strerror or e}") from None
+        if not todo:
+            return out
+        items = [items[i] for i in todo]
+        finals = [paths[i] for i in todo]
         self._sweep_once()
         prefix = os.path.join(self._root, TMP, uuid.uuid4().hex)
         tmps = [f"{prefix}-{i}.tmp" for i in range(len(items))]
@@ -202,7 +208,6 @@ class LocalStore(Store):
                     raise StoreError(f"cannot write {key}: {os.strerror(err)}")
             key = f"a batch of {len(items)} objects"
             self._syncfs()
-            results = []
             for i, err in enumerate(place_files(tmps, finals, if_absent)):
                 key = items[i][0]
                 if err == errno.ENOENT:
@@ -210,20 +215,20 @@ class LocalStore(Store):
                     d = os.path.dirname(finals[i])
                     self._dirs.discard(d)
                     self._mkdirs(d)
-                    results.append(self._place(tmps[i], finals[i], key, if_absent))
+                    out[todo[i]] = self._place(tmps[i], finals[i], key, if_absent)
                 elif err == errno.EEXIST and if_absent:
-                    results.append(False)
+                    out[todo[i]] = False
                 elif err:
                     raise StoreError(f"cannot write {key}: {os.strerror(err)}")
                 else:
-                    results.append(True)
+                    out[todo[i]] = True
                     if not if_absent:
                         self._forget(key)              # a kept open file holds the old bytes
             if not if_absent:
                 left = []                              # every one renamed
             key = f"a batch of {len(items)} objects"
             self._syncfs()
-            return results
+            return out
         except OSError as e:
             raise StoreError(f"cannot write {key}: {e.strerror or e}") from None
         finally:
