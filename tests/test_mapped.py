@@ -268,6 +268,12 @@ def test_read_files_reads_many_files_and_says_what_failed(tmp_path):
     assert isinstance(got[3], IsADirectoryError)
     assert read_files([tmp_path / "bigger", tmp_path / "small"], 7) == [False, b"x" * 7]
     assert read_files([]) == []
+    # Past one group of files held open at once, in order.
+    from ingest._mapped import READ_GROUP
+    many = [tmp_path / ("small" if i % 3 else "missing") for i in range(2 * READ_GROUP + 5)]
+    got = read_files(many)
+    assert [g if isinstance(g, bytes) else None for g in got] == \
+        [b"x" * 7 if i % 3 else None for i in range(len(many))]
 
 
 def test_local_store_batch_reads_a_directory_key_as_missing(tmp_path):
