@@ -89,16 +89,16 @@ class PackBuilder:
         n = len(chunk_lengths)
         if head is None:
             head = frame_header(codec, n, raw_len, stored)
-        _, got_codec, got_n, got_raw, _, _ = FRAME_HEADER.unpack(head)
+        _, got_codec, got_n, got_raw, stored_len, checksum = FRAME_HEADER.unpack(head)
         if (got_codec, got_n, got_raw) != (codec, n, raw_len):
             raise ValueError("frame header does not describe this frame")
-        length = FRAME_HEADER.size + FRAME_HEADER.unpack(head)[4]
+        length = FRAME_HEADER.size + stored_len
         offset = self.size
         index = len(self.frames)
         self.parts.append(head)
         self.parts.extend(stored)
         self.size += length
-        self.frames.append((offset, length, raw_len, codec, n, FRAME_HEADER.unpack(head)[5]))
+        self.frames.append((offset, length, raw_len, codec, n, checksum))
         rows = np.empty(n, dtype=CHUNK_ROW)
         rows["id"] = np.ascontiguousarray(chunk_ids).view("V32").reshape(-1)
         rows["frame"] = index

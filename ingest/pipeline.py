@@ -140,8 +140,10 @@ class _Frame:
         return offset
 
     def copy_in(self) -> None:
-        """Make the copies still owed to `data` (numpy's copy releases the
-        GIL), and let go of their sources."""
+        """Make the copies still owed to `data`, and let go of their sources.
+        numpy's copy releases the GIL and ran at ~10 GB/s against a
+        memoryview slice assignment's ~3 GB/s with the GIL held (256 MiB
+        copies, a second thread counting beside it)."""
         runs, self.runs = self.runs, None
         if runs:
             dst = np.frombuffer(self.data, np.uint8)
@@ -240,18 +242,14 @@ class _FileState:
 def scan_small_file(path, limit: int, params, sha256: bool = True, coarse=None
                     ) -> tuple[bytes, np.ndarray, np.ndarray, bytes | None] | None:
     """Read, chunk and hash a whole file of at most `limit` bytes in one go
-    (in a pool thread); None if it turns out larger.  SHA-256 only if
-    `sha256`; `coarse`: the store's parameters for incompressible files
-    (chunking.params_for)."""
-    with open(path, "rb") as f:
-        if os.fstat(f.fileno()).st_size > limit:
-            return None
-        data = f.read(limit + 1)
-    if len(data) > limit:
-        return None
-    ends = chunking.chunk_ends(data, chunking.params_for(data, params, coarse))
-    return (data, ends, hashing.chunk_ids(data, ends),
-            hashlib.sha256(data).digest() if sha256 else None)
+    (in a pool thread); None if it turns out larger, or grew while read.
+    SHA-256 only if `sha256`; `coarse`: the store's parameters for
+    incompressible files (chunking.params_for).  The OSError of a file
+    that cannot be read is raised."""
+    (scan,) = scan_small_files([path], limit, params, sha256, coarse)
+    if isinstance(scan, OSError):
+        raise scan
+    return scan
 
 
 def scan_small_files(paths, limit: int, params, sha256: bool = True, coarse=None) -> list:
@@ -714,7 +712,6 @@ class WriteSession:
         missing = np.flatnonzero(~found)
         if len(missing):
             src = np.frombuffer(view, np.uint8)
-            defer = st.source is not None    # a mapping's window: copied in the pool
             run: list | None = None          # [frame, offset in frame, offset in view, length]
             id_bytes = ids[missing].view("V32").reshape(-1).tolist()
             try:
@@ -732,7 +729,7 @@ class WriteSession:
                         if st.frame is not None and st.frame.fill + ln > self.frame_size:
                             # Only with chunks over half a frame (coarse ones):
                             # smaller ones close it before it gets here.
-                            _copy_run(run, src, defer)
+                            _copy_run(run, src)
                             run = None
                             await self._submit_for(st)
                         if st.frame is None:
@@ -741,7 +738,7 @@ class WriteSession:
                         if st.dtypes is not None and not frame.fill:
                             frame.element_size = st.dtypes.element_size(st.base + s)
                         if frame.fill + ln > frame.data.nbytes:     # the file grew past its size
-                            _copy_run(run, src, defer)
+                            _copy_run(run, src)
                             run = None
                             frame.grow(frame.fill + ln)
                         # Consecutive new chunks are copied as one run, later.
@@ -749,20 +746,20 @@ class WriteSession:
                                 and run[1] + run[3] == frame.fill):
                             run[3] += ln
                         else:
-                            _copy_run(run, src, defer)
+                            _copy_run(run, src)
                             run = [frame, frame.fill, s, ln]
                         hit = self._pending[cid] = (frame, frame.add(ids[i:i + 1], ln))
                         st.new_chunks += 1
                         st.new_bytes += ln
                         if self._frame_full(frame, st.max_chunk):
-                            _copy_run(run, src, defer)
+                            _copy_run(run, src)
                             run = None
                             await self._submit_for(st)
                     st.deferred.add(st.nchunks + i, hit[0], hit[1])
             finally:
                 # Even on the way out: another file may already dedup
                 # against these chunks, and _abandon still stores the frame.
-                _copy_run(run, src, defer)
+                _copy_run(run, src)
         st.ids.append(ids)
         st.locs.append(locs)
         st.nchunks += len(ends)
@@ -832,8 +829,8 @@ class WriteSession:
         waiting for it to fill (a single upload wants its answer now; a tree
         of files shares packs and flushes once at the end)."""
         await self._stored(w.deferred.frames, flush)
-        fid, manifest = self._identify(w)
-        await self._meta.write(fid, manifest, ref, w.size, w.sha256)
+        fid, build = self._identify(w)
+        await self._meta.write(fid, build, ref, w.size, w.sha256)
         return _result(w, ref, fid)
 
     async def commit_many(self, ws: list[_Written], refs: list[str | None]
@@ -853,12 +850,12 @@ class WriteSession:
         todo, items = [], []
         for k, (w, ref) in enumerate(zip(ws, refs)):
             try:
-                fid, manifest = self._identify(w)
+                fid, build = self._identify(w)
             except Exception as e:
                 out[k] = e
                 continue
             todo.append((k, fid))
-            items.append((fid, manifest, ref, w.size, w.sha256))
+            items.append((fid, build, ref, w.size, w.sha256))
         for (k, fid), fut in zip(todo, await self._meta.write_many(items)):
             e = fut.exception()
             out[k] = e if e is not None else _result(ws[k], refs[k], fid)
@@ -877,17 +874,18 @@ class WriteSession:
             await asyncio.shield(pk.stored)
 
     @classmethod
-    def _identify(cls, w: _Written) -> tuple[bytes, "Manifest | Callable[[], Manifest]"]:
-        """(file id, manifest) of a written file.  A file whose chunks were
-        all stored before (a re-ingest) gets its id from its chunk rows and
-        its manifest as a function that builds it, called only if it is
-        written: when its ref already names the file, it never is."""
+    def _identify(cls, w: _Written) -> tuple[bytes, Callable[[], Manifest]]:
+        """(file id, a function that gives its manifest) of a written file,
+        for the meta writer, which calls it only if it writes the manifest.
+        A file whose chunks were all stored before (a re-ingest) gets its id
+        from its chunk rows, and its manifest is built only then: when its
+        ref already names the file, never."""
         if not len(w.deferred):
             ids, locs = w.ids, w.locs
             fid = hashing.file_id(ids, locs["length"])
             return fid, lambda: Manifest.from_locations(w.size, w.sha256, ids, locs)
         manifest = cls._locate(w)
-        return manifest.file_id, manifest
+        return manifest.file_id, lambda: manifest
 
     @staticmethod
     def _locate(w: _Written) -> Manifest:
@@ -1121,15 +1119,16 @@ class _MetaWriter:
         self._writing: set[asyncio.Task] = set()
         self._listings: list[tuple[str, set[str]]] = []   # (prefix, keys under it), newest first
 
-    async def write(self, fid: bytes, manifest: Manifest, ref: str | None, size: int,
+    async def write(self, fid: bytes, build: Callable[[], Manifest], ref: str | None, size: int,
                     sha256: bytes | None) -> None:
-        """Store `manifest` (encoded only if it is written: a re-ingest whose
-        ref already names the file writes nothing) and then the ref."""
-        (fut,) = await self.write_many([(fid, manifest, ref, size, sha256)])
+        """Store the file's manifest, `build()` (called only if it is
+        written: a re-ingest whose ref already names the file writes
+        nothing), and then the ref."""
+        (fut,) = await self.write_many([(fid, build, ref, size, sha256)])
         fut.result()
 
     async def write_many(self, items: list[tuple]) -> list[asyncio.Future]:
-        """write() of many (file id, manifest, ref, size, sha256) at once;
+        """write() of many (file id, build, ref, size, sha256) at once;
         per item its future, done (with its error, if it failed) when this
         returns."""
         loop = asyncio.get_running_loop()
@@ -1193,10 +1192,10 @@ class _MetaWriter:
         todo = [it for it in items if id(it) not in current]
         if not todo:
             return
-        manifests = {fid: m for fid, m, _, _, _ in todo if fid not in self.known}
+        manifests = {fid: build for fid, build, _, _, _ in todo if fid not in self.known}
         if manifests:
-            await self.store.put_many([(manifest_key(fid), (m() if callable(m) else m).encode())
-                                       for fid, m in manifests.items()],
+            await self.store.put_many([(manifest_key(fid), build().encode())
+                                       for fid, build in manifests.items()],
                                       if_absent=True)
             for fid in manifests:
                 self.known[fid] = None
@@ -1258,22 +1257,20 @@ def _names(ref: str, data: bytes | None, fid: bytes, sha256: bytes | None) -> bo
     return old.file_id == fid.hex() and (sha256 is None or old.sha256 == sha256.hex())
 
 
-def _copy_run(run: list | None, src: np.ndarray, defer: bool) -> None:
-    """Copy a run of new chunks into its frame.  numpy's copy releases the
-    GIL and ran at ~10 GB/s against a memoryview slice assignment's ~3 GB/s
-    with the GIL held (256 MiB copies, a second thread counting beside it).
-    With `defer` (`src` is a window of a mapping, which lives as long as a
-    view of it), the frame makes the copy in the pool (_Frame.copy_in):
-    on the event loop it was a third of the loop thread's time on new
-    incompressible data (cProfile, 64 MiB: 29 of 87 ms)."""
+def _copy_run(run: list | None, src: np.ndarray) -> None:
+    """Owe a run of new chunks to its frame (_Frame.copy_in makes the copy).
+    A frame filled from a mapping (`source` set: `src` is a window, which
+    lives as long as a view of it) is copied into in the pool, before its
+    copy is hashed again: on the event loop the copy was a third of the
+    loop thread's time on new incompressible data (cProfile, 64 MiB: 29 of
+    87 ms).  From our own buffers, which the next block reuses, at once."""
     if run is not None:
         frame, dst, s, n = run
-        if defer:
-            if frame.runs is None:
-                frame.runs = []
-            frame.runs.append((src, dst, s, n))
-        else:
-            np.copyto(np.frombuffer(frame.data, np.uint8)[dst:dst + n], src[s:s + n])
+        if frame.runs is None:
+            frame.runs = []
+        frame.runs.append((src, dst, s, n))
+        if frame.source is None:
+            frame.copy_in()
 
 
 def _fail(fut: asyncio.Future, e: BaseException) -> None:

@@ -100,15 +100,14 @@ def _read_group(list names, size_t limit):
     cdef size_t *sizes = <size_t *>malloc(m * sizeof(size_t))
     cdef size_t *got = <size_t *>malloc(m * sizeof(size_t))
     cdef char **bufs = <char **>malloc(m * sizeof(char *))
-    cdef const char **cnames = <const char **>malloc(m * sizeof(char *))
+    cdef const char **cnames = _c_names(names)
     cdef struct_stat st
     cdef ssize_t r
     cdef char extra[1]
-    if not (fds and errs and grew and sizes and got and bufs and cnames):
+    if not (fds and errs and grew and sizes and got and bufs):
         free(fds); free(errs); free(grew); free(sizes); free(got); free(bufs); free(cnames)
         raise MemoryError()
     for i in range(n):
-        cnames[i] = names[i]
         fds[i] = -1
         bufs[i] = NULL
         errs[i] = grew[i] = 0

@@ -37,6 +37,7 @@ from ingest.daemon.ranges import Unsatisfiable, parse_range
 from ingest.pack import check_frame
 from ingest.stores import open_store
 from ingest.sync import new_event_loop
+from helpers import run
 
 ADMIN, READER = "admin-token-0123456789", "reader-token-0123456789"
 WRITER, NOBODY = "writer-token-0123456789", "nobody-token-0123456789"
@@ -44,10 +45,6 @@ WRITER, NOBODY = "writer-token-0123456789", "nobody-token-0123456789"
 
 def data(n: int, seed: int = 0) -> bytes:
     return np.random.default_rng(seed).bytes(n)
-
-
-def run(coro):
-    return asyncio.run(coro)
 
 
 class Served:

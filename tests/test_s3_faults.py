@@ -35,6 +35,7 @@ from ingest.config import StoreConfig
 from ingest.errors import IngestError, StoreError
 from ingest.stores import open_store
 from ingest.stores.retry import RetriesExhausted, RetryPolicy
+from helpers import run
 
 pytestmark = pytest.mark.s3
 
@@ -51,10 +52,6 @@ DEADLINE = 120.0            # seconds; a hang guard for polls, not a measurement
 PATIENT = RetryPolicy(attempts=40, base=0.05, cap=0.5)
 # Gives up within a fraction of a second of the server going away.
 IMPATIENT = RetryPolicy(attempts=3, base=0.01, cap=0.05)
-
-
-def run(coro):
-    return asyncio.run(coro)
 
 
 def random_bytes(n: int, seed: int) -> bytes:

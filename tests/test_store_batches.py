@@ -18,10 +18,7 @@ from ingest.stores import local as local_mod
 from ingest.stores.local import LocalStore
 from ingest.stores.retry import RetryStore
 from ingest.pipeline import scan_small_file
-
-
-def run(coro):
-    return asyncio.run(coro)
+from helpers import run
 
 
 def test_put_many_and_get_many(store_url):

@@ -16,10 +16,7 @@ from ingest.errors import InvalidName, NotFound, StoreError
 from ingest.stores import ObjectInfo, ObjectNotFound, open_store
 from ingest.stores.local import LocalStore
 from ingest.stores.retry import RetriesExhausted, RetryPolicy, RetryStore, TransientStoreError
-
-
-def run(coro):
-    return asyncio.run(coro)
+from helpers import run
 
 
 def payload(n: int, seed: int = 0) -> bytes:

@@ -86,11 +86,11 @@ class LocalStore(Store):
         self._root = str(self.root)
 
     def _path(self, key: str) -> Path:
-        parts = check_key(key).split("/")
-        return self.root.joinpath(*map(_enc, parts[:-1]), _enc(parts[-1]) + "%")
+        return Path(self._path_str(key))
 
     def _path_str(self, key: str) -> str:
-        """_path as a string, without building a Path (~13 us a key)."""
+        """The file of an object, as a string: the batch calls need no Path
+        (joinpath was ~13 us a key)."""
         parts = check_key(key).split("/")
         return os.path.join(self._root, *map(_enc, parts[:-1]), _enc(parts[-1]) + "%")
 
@@ -141,6 +141,14 @@ class LocalStore(Store):
         os.replace(tmp, path)
         self._forget(key)               # a kept open file holds the old bytes
         return True
+
+    def _place_in_new_dir(self, tmp, path, key: str, if_absent: bool) -> bool:
+        """_place, once the final directory, removed (by someone else) since
+        it was made, is made again."""
+        d = os.path.dirname(os.fspath(path))
+        self._dirs.discard(d)
+        self._mkdirs(d)
+        return self._place(tmp, path, key, if_absent)
 
     def _put_many(self, items, if_absent: bool) -> list[bool]:
         """put() of each item, in phases over the whole batch: write every
@@ -211,11 +219,7 @@ class LocalStore(Store):
             for i, err in enumerate(place_files(tmps, finals, if_absent)):
                 key = items[i][0]
                 if err == errno.ENOENT:
-                    # Its directory was removed (by someone else) since it was made.
-                    d = os.path.dirname(finals[i])
-                    self._dirs.discard(d)
-                    self._mkdirs(d)
-                    out[todo[i]] = self._place(tmps[i], finals[i], key, if_absent)
+                    out[todo[i]] = self._place_in_new_dir(tmps[i], finals[i], key, if_absent)
                 elif err == errno.EEXIST and if_absent:
                     out[todo[i]] = False
                 elif err:
@@ -277,10 +281,7 @@ class LocalStore(Store):
                 try:
                     placed.append(self._place(tmp, path, key, if_absent))
                 except FileNotFoundError:
-                    # Its directory was removed (by someone else) since it was made.
-                    self._dirs.discard(os.fspath(path.parent))
-                    self._mkdirs(path.parent)
-                    placed.append(self._place(tmp, path, key, if_absent))
+                    placed.append(self._place_in_new_dir(tmp, path, key, if_absent))
                 if not if_absent:
                     st[1] = None                # renamed: no temporary name left
                 dirs.add(path.parent)
@@ -586,33 +587,21 @@ class _LocalPut(PutStream):
             await asyncio.to_thread(self._drop)
 
 
-def _load_syncfs():
-    """libc's syncfs(2) (Linux, glibc or musl), or None.  ctypes drops the
-    GIL for the call."""
+def _libc(name: str, *argtypes):
+    """A libc function (ctypes drops the GIL for the call), or None where
+    there is none (not Linux)."""
     try:
-        fn = ctypes.CDLL(None, use_errno=True).syncfs
+        fn = getattr(ctypes.CDLL(None, use_errno=True), name)
     except (AttributeError, OSError):
         return None
-    fn.argtypes = [ctypes.c_int]
+    fn.argtypes = list(argtypes)
     fn.restype = ctypes.c_int
     return fn
 
 
-_syncfs = _load_syncfs()
-
-
-def _load_sync_file_range():
-    """libc's sync_file_range(2) (Linux), or None."""
-    try:
-        fn = ctypes.CDLL(None, use_errno=True).sync_file_range
-    except (AttributeError, OSError):
-        return None
-    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-    fn.restype = ctypes.c_int
-    return fn
-
-
-_sync_file_range = _load_sync_file_range()
+_syncfs = _libc("syncfs", ctypes.c_int)                          # Linux, glibc or musl
+_sync_file_range = _libc("sync_file_range", ctypes.c_int, ctypes.c_int64, ctypes.c_int64,
+                         ctypes.c_uint)
 SYNC_FILE_RANGE_WRITE = 2       # start writeback of the range's dirty pages; do not wait
 
 
