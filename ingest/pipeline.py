@@ -44,7 +44,7 @@ from .memory import uninitialized
 from .pack import MAX_FRAME_CHUNKS, PackBuilder, frame_header
 from .errors import IngestError
 from .refs import PREFIX as REF_PREFIX
-from .refs import Ref
+from .refs import Ref, names_many
 from .safetensors import DtypeMap
 from .safetensors import parse_header as parse_safetensors_header
 from .refs import key as ref_key
@@ -1188,7 +1188,8 @@ class _MetaWriter:
         named = [it for it in items if it[2] is not None]
         keys = [ref_key(ref) for _, _, ref, _, _ in named]
         olds = await self._old_refs(keys) if named else []
-        current = {id(it) for it, old in zip(named, olds) if _names(it[2], old, it[0], it[4])}
+        current = {id(it) for it, yes in zip(named, names_many(
+            [it[2] for it in named], olds, [it[0] for it in named], [it[4] for it in named])) if yes}
         todo = [it for it in items if id(it) not in current]
         if not todo:
             return
@@ -1243,18 +1244,6 @@ class _MetaWriter:
                 self._listings = [(p, found), *self._listings[:self.LISTINGS - 1]]
                 return found
         return None
-
-
-def _names(ref: str, data: bytes | None, fid: bytes, sha256: bytes | None) -> bool:
-    """True if `data` (a stored ref, or None) names file `fid` and has its
-    SHA-256, when this ingest computed one."""
-    if data is None:
-        return False
-    try:
-        old = Ref.decode(ref, data)
-    except IngestError:
-        return False
-    return old.file_id == fid.hex() and (sha256 is None or old.sha256 == sha256.hex())
 
 
 def _copy_run(run: list | None, src: np.ndarray) -> None:

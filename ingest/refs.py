@@ -15,8 +15,8 @@ import re
 import time
 from dataclasses import dataclass
 
-from .envelope import seal, unseal
-from .errors import FormatError, InvalidName
+from .envelope import CHECKSUM_LEN, HEADER, seal, sealed_many, unseal
+from .errors import FormatError, IngestError, InvalidName
 from .hashing import parse_hex_id
 
 MAGIC, VERSION = b"IGRF", 1
@@ -91,3 +91,31 @@ class Ref:
     @classmethod
     def new(cls, name: str, file_id: bytes, size: int, sha256: bytes | None) -> "Ref":
         return cls(check_name(name), file_id.hex(), size, sha256 and sha256.hex(), time.time())
+
+
+def names_many(names: list[str], datas: list, fids: list[bytes],
+               sha256s: list[bytes | None]) -> list[bool]:
+    """For each stored ref (bytes, or None if absent): does it name file
+    fids[i], with SHA-256 sha256s[i] when that is given?  What Ref.decode
+    and a comparison would say (a damaged or malformed ref names nothing),
+    for a batch: the envelopes are checked in one native call and a
+    canonical payload is matched without being decoded (4.5 -> ~1.5 us a
+    ref; a tree's re-ingest checks one per file)."""
+    ok = sealed_many(datas, MAGIC, VERSION)
+    out = []
+    for name, data, good, fid, sha in zip(names, datas, ok, fids, sha256s):
+        if not good:
+            out.append(False)      # absent, or unseal() would refuse it
+            continue
+        m = _CANONICAL.fullmatch(data, HEADER.size, len(data) - CHECKSUM_LEN)
+        if m is not None and math.isfinite(float(m.group(4))):
+            out.append(m.group(1) == fid.hex().encode()
+                       and (sha is None or m.group(2) == sha.hex().encode()))
+            continue
+        try:                       # not as encode() writes it: the full decoder decides
+            old = Ref.decode(name, data)
+        except IngestError:
+            out.append(False)
+            continue
+        out.append(old.file_id == fid.hex() and (sha is None or old.sha256 == sha.hex()))
+    return out

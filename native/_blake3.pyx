@@ -142,6 +142,70 @@ def hash_chunks_many(list bufs, ends, counts):
     return out
 
 
+def sealed_many(list datas, bytes magic, unsigned int version):
+    """For each item of `datas`, whether it is a bytes object holding one
+    whole envelope (ingest/envelope.py) with this magic and version, a
+    length field that matches and a good checksum: the checks unseal()
+    makes, for many small objects in one call with the GIL released (a
+    tree's re-ingest checks one stored ref per file).  A bytes of 0/1."""
+    if len(magic) != 4:
+        raise ValueError("an envelope magic is 4 bytes")
+    items = tuple(datas)          # what the loop without the GIL reads stays alive
+    cdef Py_ssize_t n = len(items), i
+    out = bytearray(n)
+    cdef unsigned char[::1] o = out
+    if n == 0:
+        return bytes(out)
+    cdef const uint8_t **ptrs = <const uint8_t **>malloc(n * sizeof(uint8_t *))
+    cdef size_t *lens = <size_t *>malloc(n * sizeof(size_t))
+    if ptrs == NULL or lens == NULL:
+        free(ptrs)
+        free(lens)
+        raise MemoryError()
+    cdef const uint8_t *m = <const uint8_t *>PyBytes_AS_STRING(magic)
+    cdef blake3_hasher h
+    cdef uint8_t sum_[16]
+    cdef uint64_t plen
+    cdef size_t ln, j
+    cdef int good
+    try:
+        for i in range(n):
+            d = items[i]
+            if type(d) is bytes:
+                ptrs[i] = <const uint8_t *>PyBytes_AS_STRING(d)
+                lens[i] = <size_t>PyBytes_GET_SIZE(d)
+            else:
+                ptrs[i] = NULL
+                lens[i] = 0
+        with nogil:
+            for i in range(n):
+                ln = lens[i]
+                if ptrs[i] == NULL or ln < 32:
+                    continue
+                good = 1
+                for j in range(4):
+                    if ptrs[i][j] != m[j]:
+                        good = 0
+                if not good or ptrs[i][4] != version:
+                    continue
+                plen = 0
+                for j in range(8):
+                    plen |= (<uint64_t>ptrs[i][8 + j]) << (8 * j)
+                if plen != ln - 32:
+                    continue
+                blake3_hasher_init(&h)
+                blake3_hasher_update(&h, ptrs[i], ln - 16)
+                blake3_hasher_finalize(&h, sum_, 16)
+                for j in range(16):
+                    if sum_[j] != ptrs[i][ln - 16 + j]:
+                        good = 0
+                o[i] = good
+    finally:
+        free(ptrs)
+        free(lens)
+    return bytes(out)
+
+
 def version():
     """Version of the vendored BLAKE3 C implementation."""
     return blake3_version().decode()

@@ -463,6 +463,63 @@ def test_refs_read_the_same_with_and_without_the_json_parser():
             Ref.decode("x", seal(MAGIC, 1, bad.encode()))
 
 
+def test_sealed_many_accepts_what_unseal_accepts():
+    """The native batch check of envelopes says yes exactly where unseal()
+    returns, on whole, damaged, truncated, padded and foreign objects."""
+    from ingest.envelope import seal, sealed_many, unseal
+    from ingest.errors import IngestError as Bad
+    good = seal(b"IGRF", 1, b'{"a": 1}')
+    flipped = [bytes(good[:i]) + bytes([good[i] ^ 0x40]) + bytes(good[i + 1:])
+               for i in range(len(good))]
+    datas = [good, seal(b"IGRF", 1, b""), seal(b"IGRF", 2, b"x"), seal(b"IGFM", 1, b"x"),
+             good[:-1], good + b"\0", good[:31], b"", None, bytearray(good), memoryview(good),
+             *flipped]
+    want = []
+    for d in datas:
+        try:
+            if not isinstance(d, bytes):
+                raise Bad("not bytes")        # what a store returns is bytes; nothing else counts
+            unseal(d, b"IGRF", {1}, "x")
+            want.append(1)
+        except Bad:
+            want.append(0)
+    assert list(sealed_many(datas, b"IGRF", 1)) == want
+    assert want[:2] == [1, 1] and sum(want) == 2    # one flipped bit anywhere is refused
+    assert sealed_many([], b"IGRF", 1) == b""
+
+
+def test_names_many_judges_stored_refs_as_decode_does():
+    """A batch's stored refs are matched against the files being written
+    without decoding each; the answers are those of Ref.decode and a
+    comparison, for canonical, parser-only, damaged and malformed refs."""
+    import json
+    from ingest.envelope import seal
+    from ingest.errors import IngestError as Bad
+    from ingest.refs import MAGIC, Ref, names_many
+    fid, other, sha = bytes(range(32)), bytes(range(1, 33)), bytes(range(2, 34))
+    good = Ref.new("a/b", fid, 10, None).encode()
+    cases = [
+        None, good, Ref.new("a/b", fid, 10, sha).encode(), Ref.new("a/b", other, 10, None).encode(),
+        seal(MAGIC, 1, json.dumps({"size": 10, "time": 2, "sha256": None, "file_id": fid.hex()}).encode()),
+        seal(MAGIC, 1, b'{"file_id": "%s", "sha256": null, "size": 10, "time": 1e999}' % fid.hex().encode()),
+        seal(MAGIC, 1, b'{"file_id": "%s", "sha256": null, "size": 10, "time": x}' % fid.hex().encode()),
+        seal(MAGIC, 2, good[16:-16]), good[:-1] + bytes([good[-1] ^ 1]), good[:20]]
+
+    def decoded(data, f, s):
+        if data is None:
+            return False
+        try:
+            r = Ref.decode("a/b", data)
+        except Bad:
+            return False
+        return r.file_id == f.hex() and (s is None or r.sha256 == s.hex())
+    args = [(d, f, s) for d in cases for f in (fid, other) for s in (None, sha, other)]
+    got = names_many(["a/b"] * len(args), [a[0] for a in args], [a[1] for a in args],
+                     [a[2] for a in args])
+    assert got == [decoded(*a) for a in args]
+    assert any(got) and not all(got)
+
+
 def test_reingest_writes_a_missing_manifest_under_a_new_name(tmp_path):
     """A file whose chunks are all stored gets its manifest built only when
     it is written: a ref already naming the file needs none, a new name
