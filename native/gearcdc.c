@@ -42,9 +42,12 @@ static size_t scan_from(const uint8_t *buf, size_t from, size_t to, uint64_t thr
     return to;
 }
 
-/* The same from a 63-byte warm-up; needs from >= 63. */
+/* The same from a 63-byte warm-up; needs from >= 63.  An empty range (a
+ * window the lanes covered whole) costs nothing. */
 static size_t scan_range(const uint8_t *buf, size_t from, size_t to, uint64_t thr)
 {
+    if (from >= to)
+        return to;
     uint64_t h = 0;
     for (size_t j = from - 63; j < from; j++)
         h = (h << 1) + GEAR[buf[j]];
@@ -60,9 +63,9 @@ static size_t scan_range(const uint8_t *buf, size_t from, size_t to, uint64_t th
  * blocks, every lane warmed up on the 64 bytes before (start >= 64).  It stops
  * after the first block k where a lane has an index with h < thr and returns
  * the mask of those lanes (every lane has then been checked through the whole
- * block), or 0; hs[i] is
- * then lane i's hash just before that block (of index start + i*seg + k - 1),
- * so that the block can be searched again without a warm-up. */
+ * block), or 0.  hs[i] is then lane i's hash just before that block (of index
+ * start + i*seg + k - 1), so that the block can be searched again without a
+ * warm-up; hs has room for MAX_LANES. */
 typedef uint64_t (*lane_fn)(const uint8_t *buf, size_t start, size_t seg, uint64_t thr, size_t *block, uint64_t *hs);
 
 typedef struct {
@@ -217,7 +220,7 @@ static const kernel KERNELS[CDC_KERNEL_COUNT] = {
 };
 
 #define MIN_SEG 256
-#define MAX_LANES 16
+#define MAX_LANES 16     /* at least every kernel's lanes (hs in find_first) */
 
 /* Window: how far one lane-parallel pass reaches.  A hit ends the pass, and
  * what the lanes past it hashed is wasted, so the window is a fraction (in
