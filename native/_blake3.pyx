@@ -1,6 +1,7 @@
 # cython: language_level=3, boundscheck=False, wraparound=False
 """Chunk ids of a whole block in one call, without the GIL, on the official
-BLAKE3 C implementation (vendored, unmodified, in native/blake3/).
+BLAKE3 C implementation (vendored, unmodified, in native/blake3/); and the
+envelope checks of many small objects (sealed_many) in one call.
 
 The `blake3` package has no batch call: hashing a block's ~128 chunks one
 call at a time released and re-took the GIL per chunk, and each time the
