@@ -31,6 +31,14 @@ _CANONICAL = re.compile(
     rb'"size": (0|[1-9][0-9]*), "time": (-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?)\}')
 
 
+def _canonical(data, start: int, end: int) -> re.Match | None:
+    """The match of data[start:end] if it is a payload exactly as encode()
+    writes it, with a finite time (groups: file id, sha256, size, time),
+    else None: the caller then has json.loads decide."""
+    m = _CANONICAL.fullmatch(data, start, end)
+    return m if m is not None and math.isfinite(float(m.group(4))) else None
+
+
 def check_name(name: str) -> str:
     """Refuse names that could escape a directory or a namespace."""
     if not isinstance(name, str) or not name:
@@ -68,11 +76,10 @@ class Ref:
     def decode(cls, name: str, data) -> "Ref":
         what = f"ref {name}"
         _, payload = unseal(data, MAGIC, {VERSION}, what)
-        m = _CANONICAL.fullmatch(payload)
+        m = _canonical(payload, 0, payload.nbytes)
         if m is not None:
             fid, sha, size, t = m.groups()
-            if math.isfinite(t := float(t)):
-                return cls(name, fid.decode(), int(size), sha and sha.decode(), t)
+            return cls(name, fid.decode(), int(size), sha and sha.decode(), float(t))
         try:
             d = json.loads(bytes(payload))
             size, t = d["size"], d["time"]
@@ -107,15 +114,16 @@ def names_many(names: list[str], datas: list, fids: list[bytes],
         if not good:
             out.append(False)      # absent, or unseal() would refuse it
             continue
-        m = _CANONICAL.fullmatch(data, HEADER.size, len(data) - CHECKSUM_LEN)
-        if m is not None and math.isfinite(float(m.group(4))):
-            out.append(m.group(1) == fid.hex().encode()
-                       and (sha is None or m.group(2) == sha.hex().encode()))
-            continue
-        try:                       # not as encode() writes it: the full decoder decides
-            old = Ref.decode(name, data)
-        except IngestError:
-            out.append(False)
-            continue
-        out.append(old.file_id == fid.hex() and (sha is None or old.sha256 == sha.hex()))
+        m = _canonical(data, HEADER.size, len(data) - CHECKSUM_LEN)
+        if m is not None:
+            got_fid, got_sha = m.group(1).decode(), m.group(2)
+            got_sha = got_sha and got_sha.decode()
+        else:                      # not as encode() writes it: the full decoder decides
+            try:
+                old = Ref.decode(name, data)
+            except IngestError:
+                out.append(False)
+                continue
+            got_fid, got_sha = old.file_id, old.sha256
+        out.append(got_fid == fid.hex() and (sha is None or got_sha == sha.hex()))
     return out
