@@ -31,10 +31,10 @@ BLAKE3_MACROS = [] if _X86 else [(f"BLAKE3_NO_{simd.upper()}", None) for simd in
 
 setup(
     ext_modules=cythonize(
-        [Extension(f"ingest.{name}", sources=[f"native/{name}.pyx", f"native/{c}.c"],
+        [Extension(f"ingest.{name}", sources=[f"native/{name}.pyx", *(f"native/{c}.c" for c in cs)],
                    include_dirs=["native"], extra_compile_args=["-O3"])
-         for name, c in [("_chunker", "gearcdc"), ("_bytegroup", "bytegroup"),
-                                ("_mapped", "mapguard")]]
+         for name, cs in [("_chunker", ["gearcdc"]), ("_bytegroup", ["bytegroup"]),
+                          ("_mapped", ["mapguard", "listdir"])]]
         + [Extension("ingest._blake3", sources=BLAKE3_SOURCES, include_dirs=["native"],
                      define_macros=BLAKE3_MACROS, extra_objects=BLAKE3_ASM,
                      depends=["native/blake3_target.h"],

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from . import hashing
-from ._mapped import Window
+from ._mapped import Window, list_dir
 from .compression import decompress
 from .config import KEY as CONFIG_KEY
 from .config import StoreConfig
@@ -1108,9 +1108,11 @@ def plan_tree(paths: Iterable[str | os.PathLike]) -> Iterable[tuple[str, str]]:
 def plan_tree_sized(paths: Iterable[str | os.PathLike]) -> list[tuple[str, str, int]]:
     """plan_tree with each file's size, from the stat that found it.  Files
     are paths as strings, a directory's files in name order before its
-    subdirectories (in name order, depth first).  Walked with scandir and
-    without a Path per file: os.walk and a Path per file took 8-9 ms for a
-    package version's 569 files, ahead of any work on them."""
+    subdirectories (in name order, depth first).  Each directory is listed
+    and its entries stat'ed in one native call (_mapped.list_dir): os.walk
+    and a Path per file took 8-9 ms for a package version's 569 files,
+    scandir and a stat_result per file 4.7 ms, the native listing 1.8 ms,
+    all of it ahead of any work on the tree."""
     jobs = []
     for raw in paths:
         p = os.fspath(raw)
@@ -1136,23 +1138,12 @@ def _walk(top: str, name: str, jobs: list) -> None:
     while stack:
         d, prefix = stack.pop()
         try:
-            with os.scandir(d) as it:
-                entries = sorted(it, key=lambda e: e.name)
+            files, subdirs = list_dir(d)     # one native call a directory
         except OSError as e:
             _raise(e)
-        subdirs = []
-        for e in entries:
-            if e.is_dir():                   # follows a symlink, as os.walk did
-                if not e.is_symlink():
-                    subdirs.append(e)
-                continue
-            try:
-                fst = e.stat()               # follows a symlink to a file
-            except OSError:
-                continue
-            if stat.S_ISREG(fst.st_mode):
-                jobs.append((e.path, f"{prefix}/{e.name}", fst.st_size))
-        stack.extend((e.path, f"{prefix}/{e.name}") for e in reversed(subdirs))
+        head = d if d.endswith("/") else d + "/"
+        jobs += [(head + f, f"{prefix}/{f}", size) for f, size in files]
+        stack += [(head + s, f"{prefix}/{s}") for s in reversed(subdirs)]
 
 
 def _raise(e: OSError):

@@ -21,6 +21,25 @@ cdef extern from "stdio.h" nogil:
     int rename(const char *old, const char *new)
 
 
+cdef extern from "Python.h":
+    object PyUnicode_DecodeFSDefault(const char *s)
+
+
+cdef extern from "listdir.h" nogil:
+    enum:
+        LD_FILE
+        LD_DIR
+    ctypedef struct ld_entry:
+        char *name
+        uint64_t size
+        int kind
+    ctypedef struct ld_listing:
+        ld_entry *entries
+        size_t n
+    int ld_list(const char *path, ld_listing *out)
+    void ld_free(ld_listing *listing)
+
+
 cdef extern from "mapguard.h" nogil:
     int MG_SLOTS
     int mg_map(int fd, uint64_t offset, size_t length, int populate, void **addr, int *slot)
@@ -293,3 +312,35 @@ def paths_exist(paths):
         return [bool(found[i]) for i in range(n)]
     finally:
         free(cn); free(found)
+
+
+def list_dir(path):
+    """(files, subdirectories) of a directory, both in name order (byte
+    order of the names, which is code point order for UTF-8 names): files
+    as (name, size), a symlink to a file counting as the file; directories
+    to enter as names, symlinks to directories left out (no loops); other
+    file types, and entries gone before they could be stat'ed, left out.
+    The listing and every stat without the GIL: a tree walk in Python, a
+    stat and its stat_result per file, was 8 us a file, ahead of any work
+    on the tree.  OSError if the directory cannot be opened or read."""
+    cdef bytes p = os.fsencode(path)
+    cdef const char *cp = p
+    cdef ld_listing listing
+    cdef ld_entry *e
+    cdef int err
+    cdef size_t i
+    with nogil:
+        err = ld_list(cp, &listing)
+    if err:
+        raise OSError(err, strerror(err).decode(), os.fsdecode(p))
+    files, dirs = [], []
+    try:
+        for i in range(listing.n):
+            e = &listing.entries[i]
+            if e.kind == LD_FILE:
+                files.append((PyUnicode_DecodeFSDefault(e.name), e.size))
+            elif e.kind == LD_DIR:
+                dirs.append(PyUnicode_DecodeFSDefault(e.name))
+    finally:
+        ld_free(&listing)
+    return files, dirs

@@ -5,6 +5,7 @@ import errno
 import hashlib
 import mmap
 import os
+import stat
 import subprocess
 import sys
 import textwrap
@@ -297,3 +298,68 @@ def test_paths_exist_is_os_path_exists(tmp_path):
     (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
     paths = [tmp_path / "f", tmp_path / "d", tmp_path / "missing", tmp_path / "dangling", b"/"]
     assert paths_exist(paths) == [os.path.exists(p) for p in paths] == [True, True, False, False, True]
+
+
+def _scandir_walk(top: str, name: str) -> list:
+    """The tree walk as it was written with os.scandir: the reference."""
+    jobs, stack = [], [(top, name)]
+    while stack:
+        d, prefix = stack.pop()
+        with os.scandir(d) as it:
+            entries = sorted(it, key=lambda e: e.name)
+        subdirs = []
+        for e in entries:
+            if e.is_dir():
+                if not e.is_symlink():
+                    subdirs.append(e)
+                continue
+            try:
+                st = e.stat()
+            except OSError:
+                continue
+            if stat.S_ISREG(st.st_mode):
+                jobs.append((e.path, f"{prefix}/{e.name}", st.st_size))
+        stack.extend((e.path, f"{prefix}/{e.name}") for e in reversed(subdirs))
+    return jobs
+
+
+def test_list_dir_walks_a_tree_as_scandir_did(tmp_path):
+    """The native listing gives the tree walk what os.scandir and a stat per
+    entry gave: symlinks to files followed (the target's size), symlinks to
+    directories not entered, fifos and dangling links left out, names in
+    order (also past the first 64 entries and for names that are not
+    UTF-8), and an OSError for a directory that cannot be listed."""
+    from ingest._mapped import list_dir
+    from ingest.repository import plan_tree_sized
+    top = tmp_path / "t"
+    (top / "a" / "b").mkdir(parents=True)
+    (top / "z").mkdir()
+    (top / "f1").write_bytes(b"x" * 3)
+    (top / "a" / "f2").write_bytes(b"y" * 70)
+    (top / "a" / "b" / "é").write_bytes(b"")
+    (top / "with space").write_bytes(b"s")
+    (top / ".hidden").write_bytes(b"hh")
+    (top / "lnk").symlink_to(top / "a" / "f2")
+    (top / "dirlnk").symlink_to(top / "a")
+    (top / "dangling").symlink_to(top / "nowhere")
+    os.mkfifo(top / "fifo")
+    os.close(os.open(os.fsencode(top) + b"/bad\xffname", os.O_CREAT | os.O_WRONLY, 0o644))
+    for i in range(150):
+        (top / "z" / f"{i:03d}-{150 - i}").write_bytes(b"q" * i)
+
+    files, dirs = list_dir(top)
+    assert dirs == ["a", "z"]
+    assert dict(files) == {".hidden": 2, "bad\udcffname": 0, "f1": 3, "lnk": 70, "with space": 1}
+    assert [n for n, _ in files] == sorted(n for n, _ in files)
+    zf, zd = list_dir(top / "z")
+    assert zd == [] and zf == [(f"{i:03d}-{150 - i}", i) for i in range(150)]
+
+    want = _scandir_walk(str(top), "t")
+    assert plan_tree_sized([top]) == want
+    assert plan_tree_sized([str(top) + "/"]) == want
+    assert len(want) == 5 + 1 + 1 + 150
+
+    with pytest.raises(FileNotFoundError):
+        list_dir(top / "missing")
+    with pytest.raises(NotADirectoryError):
+        list_dir(top / "f1")
