@@ -50,6 +50,26 @@ def chunk_ids_many(bufs: list[bytes], ends: np.ndarray, counts: np.ndarray) -> n
     return _blake3.hash_chunks_many(bufs, ends, counts)
 
 
+def first_mismatch(buf, offsets, lengths, ids: np.ndarray) -> int:
+    """Index of the first chunk buf[offset:offset + length] whose BLAKE3 is
+    not its id (ids: (n, 32) uint8 or V32 rows), or -1 when all match.  One
+    native call with the GIL released once (_blake3.hash_spans), not a
+    `blake3` call per chunk, each of which gave the GIL up and waited to
+    get it back.  A chunk that lies past the end of buf does not match."""
+    offsets = np.asarray(offsets, dtype=np.uint64)
+    lengths = np.asarray(lengths, dtype=np.uint64)
+    outside = np.flatnonzero(offsets + lengths > memoryview(buf).nbytes)
+    if len(outside):
+        n = int(outside[0])
+        head = first_mismatch(buf, offsets[:n], lengths[:n], ids[:n]) if n else -1
+        return n if head < 0 else head
+    got = _blake3.hash_spans(buf, offsets, lengths)
+    want = np.ascontiguousarray(ids).view(np.uint8).reshape(len(got), ID_LEN)
+    if got.tobytes() == want.tobytes():
+        return -1
+    return int(np.flatnonzero((got != want).any(axis=1))[0])
+
+
 def file_id(ids: np.ndarray, lengths: np.ndarray) -> bytes:
     """Merkle root over the chunk rows (see module docstring)."""
     if len(lengths) == 1:

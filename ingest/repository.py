@@ -924,33 +924,23 @@ def _decode_run(buf, locs: np.ndarray, ids: np.ndarray, what: str,
         raw = decompress(int(loc["codec"]), stored, int(loc["frame_raw"]))
         entry = cache.put(key, raw) if cache is not None else (raw, set())
     raw, checked = entry
-    a = int(locs["offset"][0])
-    b = int(locs["offset"][-1]) + int(locs["length"][-1])
-    mv = memoryview(raw)
-    pos = a
-    for off, ln, cid in zip(locs["offset"].tolist(), locs["length"].tolist(),
-                            ids.view("V32").reshape(-1).tolist()):
-        if off != pos:   # chunks of a run are contiguous in the frame, or it is not one run
-            return b"".join(_decode_single(raw, locs, ids, what))
-        c = (off, ln, cid)
-        if c not in checked:
-            if hashing.chunk_id(mv[off:off + ln]) != cid:
-                raise IntegrityError(f"{what}: chunk does not match its id (data is corrupted)")
-            checked.add(c)
-        pos += ln
+    offs, lens = locs["offset"], locs["length"]
+    a = int(offs[0])
+    b = int(offs[-1]) + int(lens[-1])
+    keys = list(zip(offs.tolist(), lens.tolist(), ids.view("V32").reshape(-1).tolist()))
+    if not checked.issuperset(keys):
+        # Every chunk not checked before, in one native call.
+        if hashing.first_mismatch(raw, offs, lens, ids) >= 0:
+            raise IntegrityError(f"{what}: chunk does not match its id (data is corrupted)")
+        checked.update(keys)
+    if len(offs) > 1 and not np.array_equal(offs[1:], offs[:-1] + lens[:-1]):
+        # Not back to back in the frame (a chunk used twice in a row): not
+        # one run, copied out chunk by chunk.
+        mv = memoryview(raw)
+        return b"".join([mv[off:off + ln] for off, ln, _ in keys])
     # decompress() gives bytes or a read-only view: the cache's frame is safe
     # to hand out, and a view of part of it costs no copy.
-    return raw if (a, b) == (0, len(raw)) else mv[a:b]
-
-
-def _decode_single(raw: bytes, locs, ids, what):
-    mv = memoryview(raw)
-    for off, ln, cid in zip(locs["offset"].tolist(), locs["length"].tolist(),
-                            ids.view("V32").reshape(-1).tolist()):
-        piece = mv[off:off + ln]
-        if hashing.chunk_id(piece) != cid:
-            raise IntegrityError(f"{what}: chunk does not match its id (data is corrupted)")
-        yield bytes(piece)
+    return raw if (a, b) == (0, len(raw)) else memoryview(raw)[a:b]
 
 
 def _verify_pack(data: bytes, pack_id: bytes, what: str) -> tuple[set, int]:
@@ -972,9 +962,11 @@ def _verify_pack(data: bytes, pack_id: bytes, what: str) -> tuple[set, int]:
         stored = check_frame(mv[foff:foff + flen], raw_len, codec, f"{what} frame {fi}", fr)
         raw = memoryview(decompress(codec, stored, raw_len))
         sel = chunks[chunks["frame"] == fi]
+        bad = hashing.first_mismatch(raw, sel["offset"], sel["length"], sel["id"])
+        if bad >= 0:
+            raise IntegrityError(f"{what}: frame {fi} chunk at {int(sel['offset'][bad])} "
+                                 "does not match its id")
         for cid, c_off, c_len in zip(sel["id"].tolist(), sel["offset"].tolist(), sel["length"].tolist()):
-            if hashing.chunk_id(raw[c_off:c_off + c_len]) != cid:
-                raise IntegrityError(f"{what}: frame {fi} chunk at {c_off} does not match its id")
             good.add((foff, flen, raw_len, codec, c_off, c_len, cid))
     return good, len(data)
 

@@ -87,6 +87,38 @@ def hash_chunks(buf, ends, Py_ssize_t start=0):
     return out
 
 
+def hash_spans(buf, offsets, lengths):
+    """BLAKE3-256 of each span buf[offset:offset + length], in any order and
+    overlapping or not (the chunks a read takes from a decoded frame); a
+    (len(offsets), 32) uint8 array, with the GIL released once.  A chunk
+    checked with the blake3 package gave the GIL up and waited to get it
+    back each time: beside a thread running Python, up to a switch interval
+    (5 ms) per 64 KiB chunk.  ValueError for a span outside the buffer."""
+    cdef const uint8_t[::1] b = _bytes(buf)
+    cdef const uint64_t[::1] o = _ends(offsets)
+    cdef const uint64_t[::1] n_ = _ends(lengths)
+    cdef size_t n = o.shape[0], size = b.shape[0], i
+    if n_.shape[0] != n:
+        raise ValueError(f"{n_.shape[0]} lengths for {n} offsets")
+    for i in range(n):
+        if o[i] > size or n_[i] > size - o[i]:
+            raise ValueError(f"span {i} [{o[i]}, +{n_[i]}) is outside the buffer of {size} bytes")
+    out = np.empty((n, BLAKE3_OUT_LEN), dtype=np.uint8)
+    if n == 0:
+        return out
+    cdef uint8_t[:, ::1] r = out
+    cdef const uint8_t *p = &_empty[0]
+    if size:
+        p = &b[0]
+    cdef blake3_hasher h
+    with nogil:
+        for i in range(n):
+            blake3_hasher_init(&h)
+            blake3_hasher_update(&h, p + o[i], n_[i])
+            blake3_hasher_finalize(&h, &r[i, 0], BLAKE3_OUT_LEN)
+    return out
+
+
 def hash_chunks_many(list bufs, ends, counts):
     """hash_chunks of many whole buffers (bytes objects) at once, with the
     GIL released once: `ends` and `counts` as _chunker.find_ends_many

@@ -224,3 +224,31 @@ def test_many_buffers_chunk_and_hash_as_one_at_a_time():
         hashing.chunk_ids_many(bufs[:2], np.array([1], np.uint64), np.array([0, 2]))   # counts != ends
     with pytest.raises(TypeError):
         chunking.chunk_ends_many([bytearray(b"abc")])
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 1 << 32), st.integers(0, 200_000), st.integers(0, 12))
+def test_spans_hash_as_the_blake3_package(seed, size, n):
+    """hash_spans of any spans inside the buffer (overlapping, repeated,
+    empty, out of order) equals blake3 of each slice; first_mismatch finds
+    the first changed id, and a span past the end never matches."""
+    rng = np.random.default_rng(seed)
+    buf = rng.integers(0, 256, size, dtype=np.uint8).tobytes()
+    offs = rng.integers(0, size + 1, n).astype(np.uint64)
+    lens = np.array([rng.integers(0, size - o + 1) for o in offs], dtype=np.uint64)
+    want = [blake3.blake3(buf[o:o + ln]).digest() for o, ln in zip(offs.tolist(), lens.tolist())]
+    got = _blake3.hash_spans(buf, offs, lens)
+    assert got.shape == (n, 32) and [r.tobytes() for r in got] == want
+    ids = np.frombuffer(b"".join(want), np.uint8).reshape(n, 32).copy()
+    assert hashing.first_mismatch(buf, offs, lens, ids) == -1
+    assert hashing.first_mismatch(buf, offs, lens, ids.view("V32").reshape(-1)) == -1
+    if n:
+        k = int(rng.integers(0, n))
+        bad = ids.copy()
+        bad[k, int(rng.integers(0, 32))] ^= 1 << int(rng.integers(0, 8))
+        assert hashing.first_mismatch(buf, offs, lens, bad) == k
+        past = lens.copy()
+        past[k] = size - int(offs[k]) + 1
+        assert hashing.first_mismatch(buf, offs, past, ids) == k
+        with pytest.raises(ValueError):
+            _blake3.hash_spans(buf, offs, past)

@@ -956,3 +956,39 @@ def test_index_that_fails_to_load_fails_writes_not_reads(tmp_path, fail):
                 assert await repo.read("a") == data
             assert (await repo.put_bytes(data, ref="b")).new_bytes == 0   # loaded now
     run(go())
+
+
+def test_decoded_runs_are_checked_chunk_by_chunk():
+    """A run read from a decoded frame: every chunk is checked against its
+    id (one native call), a chunk used twice in a row comes out twice, a
+    run of chunks back to back comes out as one view, and a wrong id or a
+    chunk past the frame's end is an IntegrityError."""
+    import blake3
+    from ingest.index import LOCATION
+    raw = rand(300_000, seed=7)
+
+    def run_of(spans, ids=None):
+        locs = np.zeros(len(spans), dtype=LOCATION)
+        locs["offset"] = [o for o, _ in spans]
+        locs["length"] = [n for _, n in spans]
+        if ids is None:
+            ids = np.array([blake3.blake3(raw[o:o + n]).digest() for o, n in spans], dtype="V32")
+        return locs, ids
+
+    spans = [(0, 100_000), (100_000, 50_000), (100_000, 50_000), (250_000, 50_000)]
+    locs, ids = run_of(spans)
+    out = repository._decode_run(None, locs, ids, "test", entry=(raw, set()))
+    assert bytes(out) == b"".join(raw[o:o + n] for o, n in spans)
+
+    locs, ids = run_of([(100_000, 50_000), (150_000, 60_000)])
+    out = repository._decode_run(None, locs, ids, "test", entry=(raw, set()))
+    assert isinstance(out, memoryview) and bytes(out) == raw[100_000:210_000]
+
+    bad = ids.copy()
+    bad[1] = blake3.blake3(b"something else").digest()
+    with pytest.raises(IntegrityError, match="does not match its id"):
+        repository._decode_run(None, locs, bad, "test", entry=(raw, set()))
+    locs, ids = run_of([(250_000, 50_000)])
+    locs["length"] = 50_001
+    with pytest.raises(IntegrityError, match="does not match its id"):
+        repository._decode_run(None, locs, ids, "test", entry=(raw, set()))
