@@ -1091,7 +1091,7 @@ class _MetaWriter:
     batch; with the batched scans, package new-pass user CPU 1.9-2.3 ->
     1.2-1.5 s)."""
 
-    MAX_BATCH = 64
+    MAX_BATCH = 256     # as a tree's batch of small files (repository.SMALL_BATCH_FILES)
     # Batches written at once.  A remote store's requests mostly wait on the
     # network; a local store's batch is hundreds of syscalls in a thread,
     # and batches side by side only fought over the GIL and the directories
