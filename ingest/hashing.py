@@ -50,6 +50,12 @@ def chunk_ids_many(bufs: list[bytes], ends: np.ndarray, counts: np.ndarray) -> n
     return _blake3.hash_chunks_many(bufs, ends, counts)
 
 
+def file_ids_many(ids: np.ndarray, lengths: np.ndarray, counts) -> list[bytes]:
+    """file_id of many files in one native call: ids (n, 32) and lengths of
+    every file's chunks in order, counts the chunks of each file."""
+    return _blake3.file_ids_many(ids, lengths, counts)
+
+
 def first_mismatch(buf, offsets, lengths, ids: np.ndarray) -> int:
     """Index of the first chunk buf[offset:offset + length] whose BLAKE3 is
     not its id (ids: (n, 32) uint8 or V32 rows), or -1 when all match.  One

@@ -200,6 +200,8 @@ class _Written:
     # Raw bytes this file put in each of `frames`, when it shared them with
     # other files (None: the frames are the file's own).
     shares: list[int] | None = None
+    # The file id, when it was computed with its batch's (write_scanned_many).
+    fid: bytes | None = None
 
     def stored_bytes(self) -> int:
         """Stored bytes of the frames this file created; a shared frame's by
@@ -610,7 +612,7 @@ class WriteSession:
             return []
         await self._index_ready()
         index = self.repo.index
-        found, locs, stored = _look_up(index, scans)
+        found, locs, stored, fids = _look_up(index, scans)
         version = index.version
         out, pos, first = [], 0, 0
         frames: list[_Frame] = []        # frames to place, in order
@@ -621,7 +623,7 @@ class WriteSession:
                 if index.version != version:
                     # A pack was indexed (its chunks left _pending) while this
                     # batch waited: the rest of it is looked up again.
-                    found, locs, stored = _look_up(index, scans[k:])
+                    found, locs, stored, fids = _look_up(index, scans[k:])
                     version, pos, first = index.version, 0, k
                 n = len(ends)
                 looked = (found[pos:pos + n], locs[pos:pos + n], version)
@@ -630,11 +632,13 @@ class WriteSession:
                 if stored[k - first]:
                     # Every chunk stored before (a re-ingest): nothing to
                     # frame, whatever the file's format.
-                    out.append(_Written(view.nbytes, sha, ids, looked[1], _NOTHING_NEW, [], 0, 0, []))
+                    w = _Written(view.nbytes, sha, ids, looked[1], _NOTHING_NEW, [], 0, 0, [])
                 elif parse_safetensors_header(view) is None:
-                    out.append(self._frame_shared(view, ends, ids, sha, looked, shared, frames, left))
+                    w = self._frame_shared(view, ends, ids, sha, looked, shared, frames, left)
                 else:
-                    out.append(await self.write_scanned(data, ends, ids, sha, looked, collect=frames))
+                    w = await self.write_scanned(data, ends, ids, sha, looked, collect=frames)
+                w.fid = fids[k - first]
+                out.append(w)
                 left -= len(data)
                 if len(frames) >= self.max_frames:     # bounded like one file's frames
                     # All but the shared frame still being filled (it may
@@ -882,10 +886,10 @@ class WriteSession:
         ref already names the file, never."""
         if not len(w.deferred):
             ids, locs = w.ids, w.locs
-            fid = hashing.file_id(ids, locs["length"])
+            fid = w.fid if w.fid is not None else hashing.file_id(ids, locs["length"])
             return fid, lambda: Manifest.from_locations(w.size, w.sha256, ids, locs)
         manifest = cls._locate(w)
-        return manifest.file_id, lambda: manifest
+        return (w.fid if w.fid is not None else manifest.file_id), lambda: manifest
 
     @staticmethod
     def _locate(w: _Written) -> Manifest:
@@ -907,15 +911,18 @@ class WriteSession:
         return Manifest.from_locations(w.size, w.sha256, w.ids, locs)
 
 
-def _look_up(index, scans: list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _look_up(index, scans: list) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[bytes]]:
     """One index lookup for the chunks of many scanned files: (found,
-    locations with their lengths filled in, and per file whether all of its
-    chunks are stored), each computed for the batch at once: per file they
-    were ~5 us of numpy calls on the event loop."""
+    locations with their lengths filled in, per file whether all of its
+    chunks are stored, and the file ids), each computed for the batch at
+    once: per file they were ~5 us of numpy calls on the event loop, and
+    1.45 us for each file id (0.23 in one native call)."""
     counts = np.fromiter((len(sc[1]) for sc in scans), np.int64, len(scans))
-    found, locs = index.lookup(np.concatenate([sc[2] for sc in scans]))
+    ids = np.concatenate([sc[2] for sc in scans])
+    found, locs = index.lookup(ids)
     if not len(found):
-        return found, locs, np.ones(len(scans), dtype=bool)
+        return (found, locs, np.ones(len(scans), dtype=bool),
+                hashing.file_ids_many(ids, np.zeros(0, np.uint64), counts))
     ends = np.concatenate([sc[1] for sc in scans]).astype(np.uint64)
     firsts = np.cumsum(counts) - counts           # each file's first chunk
     prev = np.empty_like(ends)
@@ -927,7 +934,7 @@ def _look_up(index, scans: list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     stored = np.ones(len(scans), dtype=bool)
     some = counts > 0
     stored[some] = np.logical_and.reduceat(found, firsts[some])
-    return found, locs, stored
+    return found, locs, stored, hashing.file_ids_many(ids, locs["length"], counts)
 
 
 def _result(w: _Written, ref: str | None, fid: bytes) -> IngestResult:

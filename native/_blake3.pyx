@@ -248,3 +248,102 @@ def version():
 # a plain global; hash once here, with the GIL held, so that threads hashing
 # at once later only read it.
 hash_chunks(b"", np.zeros(1, dtype=np.uint64))
+
+
+DEF FANOUT = 64
+
+
+cdef void _merkle_root(const uint8_t *ids, const uint64_t *lengths, size_t n,
+                       uint8_t *scratch, uint8_t *out) noexcept nogil:
+    """hashing.file_id of n rows: level-0 nodes over runs of FANOUT (chunk
+    id, u64 LE length) rows behind a 0x00 byte, then level k over runs of
+    FANOUT child digests behind byte k, to one node.  scratch holds
+    ceil(max(n, 1) / FANOUT) digests."""
+    cdef blake3_hasher h
+    cdef uint8_t prefix
+    cdef uint8_t le[8]
+    cdef size_t nodes = 0, i, j, end, b, level_n
+    cdef uint64_t v
+    i = 0
+    while True:
+        end = i + FANOUT
+        if end > n:
+            end = n
+        prefix = 0
+        blake3_hasher_init(&h)
+        blake3_hasher_update(&h, &prefix, 1)
+        for j in range(i, end):
+            blake3_hasher_update(&h, ids + 32 * j, 32)
+            v = lengths[j]
+            for b in range(8):
+                le[b] = (v >> (8 * b)) & 0xFF
+            blake3_hasher_update(&h, le, 8)
+        blake3_hasher_finalize(&h, scratch + 32 * nodes, 32)
+        nodes += 1
+        i = end
+        if i >= n:
+            break
+    prefix = 1
+    level_n = nodes
+    while level_n > 1:
+        nodes = 0
+        i = 0
+        while i < level_n:
+            end = i + FANOUT
+            if end > level_n:
+                end = level_n
+            blake3_hasher_init(&h)
+            blake3_hasher_update(&h, &prefix, 1)
+            blake3_hasher_update(&h, scratch + 32 * i, 32 * (end - i))
+            # In place: node `nodes` is written after every child it reads.
+            blake3_hasher_finalize(&h, scratch + 32 * nodes, 32)
+            nodes += 1
+            i = end
+        level_n = nodes
+        prefix += 1
+    for b in range(32):
+        out[b] = scratch[b]
+
+
+def file_ids_many(ids, lengths, counts):
+    """hashing.file_id of many files at once, with the GIL released: ids a
+    (total, 32) uint8 array and lengths the chunk lengths of every file's
+    chunks in order, counts each file's number of chunks.  A list of
+    32-byte ids, one per file."""
+    i8 = np.ascontiguousarray(ids, dtype=np.uint8)
+    if i8.ndim != 2 or i8.shape[1] != 32:
+        raise ValueError(f"ids must be (n, 32) bytes, not shape {i8.shape}")
+    cdef const uint8_t[:, ::1] iv = i8
+    cdef const uint64_t[::1] lv = _ends(lengths)
+    c = np.asarray(counts, dtype=np.int64)
+    if c.ndim != 1 or (len(c) and c.min() < 0):
+        raise ValueError("counts must be a 1-d array of chunk counts")
+    if int(c.sum()) != iv.shape[0] or lv.shape[0] != iv.shape[0]:
+        raise ValueError(f"counts add up to {int(c.sum())} for {iv.shape[0]} ids and {lv.shape[0]} lengths")
+    cdef const int64_t[::1] cc = np.ascontiguousarray(c)
+    cdef Py_ssize_t nf = len(c), f
+    cdef size_t most = 1
+    for f in range(nf):
+        if <size_t>cc[f] > most:
+            most = cc[f]
+    out = np.empty((nf, 32), dtype=np.uint8)
+    if nf == 0:
+        return []
+    cdef uint8_t[:, ::1] o = out
+    cdef uint8_t *scratch = <uint8_t *>malloc(32 * ((most + FANOUT - 1) // FANOUT))
+    if scratch == NULL:
+        raise MemoryError()
+    cdef const uint8_t *ip = &_empty[0]
+    cdef const uint64_t *lp = <const uint64_t *>&_empty[0]
+    if iv.shape[0]:
+        ip = &iv[0, 0]
+        lp = &lv[0]
+    cdef size_t pos = 0
+    try:
+        with nogil:
+            for f in range(nf):
+                _merkle_root(ip + 32 * pos, lp + pos, cc[f], scratch, &o[f, 0])
+                pos += cc[f]
+    finally:
+        free(scratch)
+    return [r.tobytes() for r in out]

@@ -252,3 +252,31 @@ def test_spans_hash_as_the_blake3_package(seed, size, n):
         assert hashing.first_mismatch(buf, offs, past, ids) == k
         with pytest.raises(ValueError):
             _blake3.hash_spans(buf, offs, past)
+
+
+@pytest.mark.parametrize("counts", [[0], [1], [2], [63, 64, 65], [4095], [4096], [4097],
+                                    [64 * 64 * 64 + 5], [1, 0, 3, 200, 64, 1, 0]])
+def test_file_ids_many_is_file_id_of_each(counts):
+    """The native batch of file ids follows the spec's Merkle tree as
+    hashing.file_id does: one level, two, three, and files without chunks."""
+    rng = np.random.default_rng(sum(counts) + len(counts))
+    n = sum(counts)
+    ids = rng.integers(0, 256, (n, 32), dtype=np.uint8)
+    lengths = rng.integers(0, 1 << 40, n).astype(np.uint64)
+    got = hashing.file_ids_many(ids, lengths, counts)
+    pos, want = 0, []
+    for c in counts:
+        want.append(hashing.file_id(ids[pos:pos + c], lengths[pos:pos + c]))
+        pos += c
+    assert got == want
+    assert len(set(got)) == len(set(want))
+
+
+def test_file_ids_many_refuses_counts_that_do_not_add_up():
+    ids = np.zeros((3, 32), np.uint8)
+    with pytest.raises(ValueError):
+        hashing.file_ids_many(ids, np.ones(3, np.uint64), [1, 1])
+    with pytest.raises(ValueError):
+        hashing.file_ids_many(ids, np.ones(2, np.uint64), [1, 2])
+    with pytest.raises(ValueError):
+        hashing.file_ids_many(ids, np.ones(3, np.uint64), [4, -1])
