@@ -26,6 +26,14 @@ cdef extern from "blake3/blake3.h" nogil:
 cdef uint8_t _empty[1]       # what an empty buffer's chunks (all empty) are hashed from
 
 
+cdef inline void _hash_one(const uint8_t *p, size_t n, uint8_t *out) noexcept nogil:
+    """BLAKE3-256 of p[0:n] into out."""
+    cdef blake3_hasher h
+    blake3_hasher_init(&h)
+    blake3_hasher_update(&h, p, n)
+    blake3_hasher_finalize(&h, out, BLAKE3_OUT_LEN)
+
+
 cdef const uint8_t[::1] _bytes(buf):
     """buf as contiguous unsigned bytes (any C-contiguous buffer, any format)."""
     mv = memoryview(buf)
@@ -76,13 +84,10 @@ def hash_chunks(buf, ends, Py_ssize_t start=0):
     cdef const uint8_t *p = &_empty[0]
     if size:
         p = &b[0]
-    cdef blake3_hasher h
     prev = start
     with nogil:
         for i in range(n):
-            blake3_hasher_init(&h)
-            blake3_hasher_update(&h, p + prev, e[i] - prev)
-            blake3_hasher_finalize(&h, &o[i, 0], BLAKE3_OUT_LEN)
+            _hash_one(p + prev, e[i] - prev, &o[i, 0])
             prev = e[i]
     return out
 
@@ -110,12 +115,9 @@ def hash_spans(buf, offsets, lengths):
     cdef const uint8_t *p = &_empty[0]
     if size:
         p = &b[0]
-    cdef blake3_hasher h
     with nogil:
         for i in range(n):
-            blake3_hasher_init(&h)
-            blake3_hasher_update(&h, p + o[i], n_[i])
-            blake3_hasher_finalize(&h, &r[i, 0], BLAKE3_OUT_LEN)
+            _hash_one(p + o[i], n_[i], &r[i, 0])
     return out
 
 
@@ -155,7 +157,6 @@ def hash_chunks_many(list bufs, ends, counts):
     cdef const uint8_t **ptrs = <const uint8_t **>malloc(max(n, 1) * sizeof(uint8_t *))
     if ptrs == NULL:
         raise MemoryError()
-    cdef blake3_hasher h
     try:
         for i in range(n):
             ptrs[i] = <const uint8_t *>PyBytes_AS_STRING(bufs[i])
@@ -165,9 +166,7 @@ def hash_chunks_many(list bufs, ends, counts):
                 prev = 0
                 for k in range(<size_t>cc[i]):
                     j = pos + k
-                    blake3_hasher_init(&h)
-                    blake3_hasher_update(&h, ptrs[i] + prev, e[j] - prev)
-                    blake3_hasher_finalize(&h, &o[j, 0], BLAKE3_OUT_LEN)
+                    _hash_one(ptrs[i] + prev, e[j] - prev, &o[j, 0])
                     prev = e[j]
                 pos += cc[i]
     finally:
