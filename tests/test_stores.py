@@ -723,3 +723,20 @@ async def _start_when_retrying(store, server):
             await asyncio.sleep(0.01)
     finally:
         await asyncio.to_thread(server.start)
+
+
+def test_local_object_paths_escape_each_component(tmp_path):
+    """An object's file is its key's components, '%' escaped in each, the
+    last one ending in a lone '%' (the layout STORES.md gives); keys that
+    could leave the store are refused before any path is made."""
+    import os
+    from ingest.errors import InvalidName
+    from ingest.stores.local import LocalStore
+    store = LocalStore(tmp_path / "s")
+    root = str(tmp_path / "s")
+    for key in ["a", "refs/a/b", "files/ab%cd", "x/%/y%", "refs/p/é/ü%25", "%tmp/x"]:
+        parts = [p.replace("%", "%25") for p in key.split("/")]
+        assert store._path_str(key) == os.path.join(root, *parts[:-1], parts[-1] + "%")
+    for bad in ["", "/abs", "a//b", "a/../b", "./a", "a/", "a\\b", "a\x00b"]:
+        with pytest.raises(InvalidName):
+            store._path_str(bad)
