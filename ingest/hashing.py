@@ -24,6 +24,9 @@ _HEX = re.compile(r"[0-9a-f]+")
 ID_LEN = 32
 FANOUT = 64
 ROW = np.dtype([("id", "V32"), ("length", "<u8")])
+if _blake3.FILE_ID_FANOUT != FANOUT:       # file_ids_many builds the same tree natively
+    raise ImportError(f"ingest._blake3 was built with a file-id fan-out of "
+                      f"{_blake3.FILE_ID_FANOUT}, not {FANOUT}: rebuild it")
 
 
 def chunk_id(data) -> bytes:
@@ -64,16 +67,18 @@ def first_mismatch(buf, offsets, lengths, ids: np.ndarray) -> int:
     get it back.  A chunk that lies past the end of buf does not match."""
     offsets = np.asarray(offsets, dtype=np.uint64)
     lengths = np.asarray(lengths, dtype=np.uint64)
-    outside = np.flatnonzero(offsets + lengths > memoryview(buf).nbytes)
-    if len(outside):
-        n = int(outside[0])
-        head = first_mismatch(buf, offsets[:n], lengths[:n], ids[:n]) if n else -1
-        return n if head < 0 else head
-    got = _blake3.hash_spans(buf, offsets, lengths)
-    want = np.ascontiguousarray(ids).view(np.uint8).reshape(len(got), ID_LEN)
-    if got.tobytes() == want.tobytes():
-        return -1
-    return int(np.flatnonzero((got != want).any(axis=1))[0])
+    want = np.ascontiguousarray(ids).view(np.uint8).reshape(len(offsets), ID_LEN)
+    inside = offsets + lengths <= memoryview(buf).nbytes
+    if inside.all():
+        got = _blake3.hash_spans(buf, offsets, lengths)
+        if got.tobytes() == want.tobytes():
+            return -1
+        bad = (got != want).any(axis=1)
+    else:
+        bad = ~inside
+        bad[inside] = (_blake3.hash_spans(buf, offsets[inside], lengths[inside])
+                       != want[inside]).any(axis=1)
+    return int(np.flatnonzero(bad)[0])
 
 
 def file_id(ids: np.ndarray, lengths: np.ndarray) -> bytes:

@@ -34,6 +34,11 @@ cdef inline void _hash_one(const uint8_t *p, size_t n, uint8_t *out) noexcept no
     blake3_hasher_finalize(&h, out, BLAKE3_OUT_LEN)
 
 
+cdef inline const uint8_t *_start(const uint8_t[::1] b) noexcept:
+    """Where b's bytes start (a valid pointer for an empty buffer too)."""
+    return &b[0] if b.shape[0] else &_empty[0]
+
+
 cdef const uint8_t[::1] _bytes(buf):
     """buf as contiguous unsigned bytes (any C-contiguous buffer, any format)."""
     mv = memoryview(buf)
@@ -81,9 +86,7 @@ def hash_chunks(buf, ends, Py_ssize_t start=0):
     if n == 0:
         return out
     cdef uint8_t[:, ::1] o = out
-    cdef const uint8_t *p = &_empty[0]
-    if size:
-        p = &b[0]
+    cdef const uint8_t *p = _start(b)
     prev = start
     with nogil:
         for i in range(n):
@@ -112,9 +115,7 @@ def hash_spans(buf, offsets, lengths):
     if n == 0:
         return out
     cdef uint8_t[:, ::1] r = out
-    cdef const uint8_t *p = &_empty[0]
-    if size:
-        p = &b[0]
+    cdef const uint8_t *p = _start(b)
     with nogil:
         for i in range(n):
             _hash_one(p + o[i], n_[i], &r[i, 0])
@@ -238,18 +239,8 @@ def sealed_many(list datas, bytes magic, unsigned int version):
     return bytes(out)
 
 
-def version():
-    """Version of the vendored BLAKE3 C implementation."""
-    return blake3_version().decode()
-
-
-# The C code picks its SIMD path on first use and caches the CPU's features in
-# a plain global; hash once here, with the GIL held, so that threads hashing
-# at once later only read it.
-hash_chunks(b"", np.zeros(1, dtype=np.uint64))
-
-
 DEF FANOUT = 64
+FILE_ID_FANOUT = FANOUT     # hashing.py checks it is the spec's (hashing.FANOUT)
 
 
 cdef void _merkle_root(const uint8_t *ids, const uint64_t *lengths, size_t n,
@@ -346,3 +337,14 @@ def file_ids_many(ids, lengths, counts):
     finally:
         free(scratch)
     return [r.tobytes() for r in out]
+
+
+def version():
+    """Version of the vendored BLAKE3 C implementation."""
+    return blake3_version().decode()
+
+
+# The C code picks its SIMD path on first use and caches the CPU's features in
+# a plain global; hash once here, with the GIL held, so that threads hashing
+# at once later only read it.
+hash_chunks(b"", np.zeros(1, dtype=np.uint64))

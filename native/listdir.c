@@ -23,10 +23,12 @@ void ld_free(ld_listing *listing)
     listing->n = 0;
 }
 
-/* What the entry is, from its d_type when that settles it, else stat. */
-static void classify(int dirfd, unsigned char d_type, ld_entry *e)
+/* What the entry is, from its d_type (kept in e->kind since readdir) when
+ * that settles it, else stat. */
+static void classify(int dirfd, ld_entry *e)
 {
     struct stat st;
+    unsigned char d_type = (unsigned char)e->kind;
     e->kind = 0;
     e->size = 0;
     if (d_type == DT_DIR) {
@@ -65,7 +67,6 @@ int ld_list(const char *path, ld_listing *out)
     if (dir == NULL)
         return errno;
     size_t cap = 0;
-    unsigned char *types = NULL;
     int err = 0;
     for (;;) {
         errno = 0;
@@ -85,12 +86,6 @@ int ld_list(const char *path, ld_listing *out)
                 break;
             }
             out->entries = ne;
-            unsigned char *nt = realloc(types, ncap);
-            if (nt == NULL) {
-                err = ENOMEM;
-                break;
-            }
-            types = nt;
             cap = ncap;
         }
         char *copy = strdup(nm);
@@ -99,16 +94,15 @@ int ld_list(const char *path, ld_listing *out)
             break;
         }
         out->entries[out->n].name = copy;
-        types[out->n] = d->d_type;
+        out->entries[out->n].kind = d->d_type;     /* until classify() */
         out->n++;
     }
     if (!err) {
         int fd = dirfd(dir);
         for (size_t i = 0; i < out->n; i++)
-            classify(fd, types[i], &out->entries[i]);
+            classify(fd, &out->entries[i]);
         qsort(out->entries, out->n, sizeof *out->entries, by_name);
     }
-    free(types);
     closedir(dir);
     if (err)
         ld_free(out);
