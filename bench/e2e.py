@@ -199,8 +199,25 @@ CHILDREN = {("ingest", "ingest"): child_ingest_ours, ("ingest", "restore"): chil
             ("hf_xet", "ingest"): child_ingest_hf_xet, ("hf_xet", "restore"): child_restore_hf_xet}
 
 
+def _busy_thread() -> None:
+    """A thread that runs Python bytecode nonstop (--busy-thread), as a
+    host's CPU-bound thread or a busy event loop of a hub backend that
+    embeds the library does: any other thread that gives up the GIL then
+    waits up to the interpreter's switch interval (5 ms) to take it back."""
+    import threading
+
+    def spin():
+        n = 0
+        while True:
+            n += 1
+
+    threading.Thread(target=spin, name="busy", daemon=True).start()
+
+
 def child_main() -> int:
     spec = json.loads(sys.stdin.read())
+    if spec.get("busy_thread"):
+        _busy_thread()
     if spec["tool"] == "ingest" and spec.get("tune_malloc"):
         from ingest import tune_malloc       # as `ingest put` and `ingest serve` do
         tune_malloc()
@@ -218,10 +235,11 @@ class ToolError(RuntimeError):
 
 TUNE_MALLOC = True       # --no-tune-malloc: our children keep glibc's defaults
 SHA256 = False           # --sha256 compute: both tools compute every file's SHA-256
+BUSY_THREAD = False      # --busy-thread: each child runs a thread of Python bytecode beside the work
 
 
 def run_child(spec: dict, scratch: pathlib.Path) -> dict:
-    spec = dict(spec, tune_malloc=TUNE_MALLOC, sha256=SHA256)
+    spec = dict(spec, tune_malloc=TUNE_MALLOC, sha256=SHA256, busy_thread=BUSY_THREAD)
     env = dict(os.environ)
     # keep hf_xet's logs and caches out of $HOME and out of the measured store
     env.update(HF_HOME=str(scratch / "hf_home"), HF_XET_CACHE=str(scratch / "hf_xet_cache"),
@@ -533,13 +551,17 @@ def main(argv: list[str] | None = None) -> int:
                     help="do not call ingest.tune_malloc() in our children (the CLI and daemon do)")
     ap.add_argument("--sha256", choices=("skip", "compute"), default="skip",
                     help="whether both tools compute every file's SHA-256 (default: neither)")
+    ap.add_argument("--busy-thread", action="store_true",
+                    help="each child (both tools) runs a thread of pure Python bytecode beside the "
+                         "timed work, as in a busy host process that embeds the library")
     ap.add_argument("--no-verify", action="store_true", help="do not compare restored files to the input")
     ap.add_argument("--workdir", default=None, help="where corpora and stores go (default: a temp dir)")
     ap.add_argument("--json-out", default=None, help="write the results as JSON to this file")
     ap.add_argument("--from-json", default=None, help="print the tables of an earlier --json-out and exit")
     args = ap.parse_args(argv)
-    global TUNE_MALLOC, SHA256
+    global TUNE_MALLOC, SHA256, BUSY_THREAD
     TUNE_MALLOC = not args.no_tune_malloc
+    BUSY_THREAD = args.busy_thread
     SHA256 = args.sha256 == "compute"
     if args.from_json:
         res = json.loads(pathlib.Path(args.from_json).read_text())
@@ -579,6 +601,8 @@ def main(argv: list[str] | None = None) -> int:
                       f"skip_sha256={not SHA256}) per version; restore: download_files(all files, "
                       "local://STORE) in one call",
             "sha256": "both tools compute every file's SHA-256" if SHA256 else "neither tool computes SHA-256",
+            "busy_thread": ("each child ran a thread of pure Python bytecode beside the timed work"
+                            if BUSY_THREAD else "no other thread in the children"),
             "borg": "borg create --compression zstd,3, one archive per version, one run",
             "timing": "inside the child, imports excluded, store open included; median over repeats; "
                       "tools interleaved phase by phase, order flipped each repeat",
@@ -596,6 +620,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(f"scale {args.scale}, repeat {args.repeat}; ingest {results['versions']['ingest']}, "
           f"hf_xet {results['versions']['hf_xet']}; {os.cpu_count()} CPUs")
+    if BUSY_THREAD:
+        print("busy thread: each child runs a thread of pure Python bytecode beside the work")
     print("SHA-256 of every file: " + ("both tools compute it" if SHA256 else "neither tool computes it")
           + " (--sha256)", flush=True)
 
