@@ -102,13 +102,12 @@ class Compressor:
             c = comps[level] = cls(level)
         return c
 
-    def _plane_cost(self, plane: memoryview) -> int:
-        """Estimated stored bytes of one plane (raw if it does not pay)."""
-        sample = _middle(plane, PLANE_PROBE)
-        n = len(self._z1.compress(sample))
-        if n > sample.nbytes * RAW_IF_ABOVE:
-            return plane.nbytes
-        return plane.nbytes * n // max(sample.nbytes, 1)
+    def _plane_costs(self, planes: list) -> list[int]:
+        """Estimated stored bytes of each plane (raw where it does not pay),
+        from a sample of each, all coded in one call."""
+        samples = [_middle(p, PLANE_PROBE) for p in planes]
+        return [p.nbytes if n > s.nbytes * RAW_IF_ABOVE else p.nbytes * n // max(s.nbytes, 1)
+                for p, s, n in zip(planes, samples, _sizes(self._z1, samples))]
 
     def choose(self, data: memoryview, element_size: int | None = None) -> int:
         """The codec for a frame.  With an element size from the file format
@@ -139,10 +138,13 @@ class Compressor:
             # raw, then; a grouping that the sample favours is checked on
             # the whole frame.
             best, mixed = ZSTD, True
-        for codec, k in _GROUP.items():
-            g = memoryview(group_bytes(sample, k))
-            m = n // k
-            est = sum(self._plane_cost(g[j * m:(j + 1) * m]) for j in range(k)) + n - k * m
+        # The planes of both groupings are probed in one call.
+        groups = [(codec, k, memoryview(group_bytes(sample, k))) for codec, k in _GROUP.items()]
+        planes = [g[j * (n // k):(j + 1) * (n // k)] for _, k, g in groups for j in range(k)]
+        costs = self._plane_costs(planes)
+        for codec, k, _ in groups:
+            est = sum(costs[:k]) + n - k * (n // k)
+            costs = costs[k:]
             if est < best_len * 0.98:           # grouping must clearly win
                 best, best_len = codec, est
         return best, mixed or plain < n * CHECK_GROUPING_BELOW
@@ -151,12 +153,11 @@ class Compressor:
         """Whether a sample at a quarter or three quarters of the frame
         compresses (level 1: a yes or no, on bytes that are mostly not)."""
         n = data.nbytes
+        probes = []
         for at in (n // 4, 3 * n // 4):
             at &= ~7
-            probe = data[at - PROBE // 2: at + PROBE // 2]
-            if len(self._zcheck.compress(probe)) < probe.nbytes * RAW_IF_ABOVE:
-                return True
-        return False
+            probes.append(data[at - PROBE // 2: at + PROBE // 2])
+        return any(z < p.nbytes * RAW_IF_ABOVE for p, z in zip(probes, _sizes(self._zcheck, probes)))
 
     def compress(self, data, element_size: int | None = None) -> tuple[int, list]:
         """(codec, stored bytes as a list of buffers to write in order) for
@@ -186,20 +187,41 @@ class Compressor:
         n = mv.nbytes
         m = n // k
         g = memoryview(group_bytes(mv, k))
-        lengths, parts = [], []
-        for j in range(k):
-            plane = g[j * m:(j + 1) * m]
-            if self._plane_cost(plane) < m:
-                z = self._z1.compress(plane)
-                if len(z) < m:
-                    lengths.append(len(z) | COMPRESSED)
-                    parts.append(z)
-                    continue
-            lengths.append(m)
-            parts.append(plane)
+        planes = [g[j * m:(j + 1) * m] for j in range(k)]
+        coded = [j for j, cost in enumerate(self._plane_costs(planes)) if cost < m]
+        lengths, parts = [m] * k, list(planes)
+        for j, z in zip(coded, _compress_all(self._z1, [planes[j] for j in coded])):
+            if len(z) < m:
+                lengths[j] = len(z) | COMPRESSED
+                parts[j] = z
         if all(not (x & COMPRESSED) for x in lengths):
             return None                           # nothing paid: store the frame raw
         return [struct.pack(f"<{k}I", *lengths), *parts, g[k * m:]]
+
+
+# A thread that gives up the GIL waits, beside a thread running Python, up to
+# the interpreter's switch interval (5 ms) to take it back: each zstandard
+# call does so once, whatever its size.  Several buffers for one compressor
+# go in one call (multi_compress_to_buffer, C backend only), so a frame's
+# probes and planes cost two waits, not eight or more.
+_MULTI = hasattr(zstandard.ZstdCompressor, "multi_compress_to_buffer")
+
+
+def _compress_all(zc: zstandard.ZstdCompressor, parts: list) -> list:
+    """Each buffer compressed (zstd frames identical to zc.compress's), with
+    the GIL given up once; BufferSegments, or bytes without the C backend."""
+    if len(parts) > 1 and _MULTI and all(memoryview(p).nbytes for p in parts):
+        try:
+            out = zc.multi_compress_to_buffer(parts, threads=1)
+        except NotImplementedError:
+            pass
+        else:
+            return [out[i] for i in range(len(out))]
+    return [zc.compress(p) for p in parts]
+
+
+def _sizes(zc: zstandard.ZstdCompressor, parts: list) -> list[int]:
+    return [len(z) for z in _compress_all(zc, parts)]
 
 
 _dctx = threading.local()

@@ -158,3 +158,28 @@ def test_zstd_frame_claiming_a_huge_size_is_refused_before_allocating():
     big = zstandard.ZstdCompressor().compress(bytes(512 << 20)[:1 << 20])   # declares 1 MiB
     with pytest.raises(IntegrityError, match="claims"):
         decompress(ZSTD, big, 4096)
+
+
+@pytest.mark.parametrize("data,hint", [(FP32, None), (FP32, 4), (BF16, None), (TEXT, None),
+                                       (RANDOM, None), (FP32[:4097], None), (b"", None)])
+def test_batched_zstd_calls_store_what_one_call_per_buffer_stores(monkeypatch, data, hint):
+    # The probes and planes of a frame go through multi_compress_to_buffer
+    # (one GIL release); it must choose and store byte for byte what a
+    # compress() call per buffer did.
+    import ingest.compression as c
+    batched = Compressor(3).compress(data, hint)
+    monkeypatch.setattr(c, "_MULTI", False)
+    single = Compressor(3).compress(data, hint)
+    assert batched[0] == single[0]
+    assert [bytes(memoryview(p)) for p in batched[1]] == [bytes(memoryview(p)) for p in single[1]]
+
+
+def test_compress_all_gives_each_buffer_its_own_zstd_frame():
+    from ingest.compression import _compress_all
+    import zstandard
+    zc = zstandard.ZstdCompressor(level=3)
+    parts = [TEXT[:1000], memoryview(FP32)[8:70_000], b"x", TEXT[5:300_000]]
+    out = _compress_all(zc, parts)
+    assert [bytes(memoryview(z)) for z in out] == [zc.compress(p) for p in parts]
+    d = zstandard.ZstdDecompressor()
+    assert [d.decompress(bytes(memoryview(z))) for z in out] == [bytes(p) for p in parts]
