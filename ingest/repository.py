@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import hashing
+from . import gil, hashing
 from ._mapped import Window, list_dir
 from .compression import decompress
 from .config import KEY as CONFIG_KEY
@@ -76,7 +76,11 @@ class VerifyReport:
 
 
 class Repository:
-    def __init__(self, store: Store, config: StoreConfig, *, workers: int | None = None) -> None:
+    def __init__(self, store: Store, config: StoreConfig, *, workers: int | None = None,
+                 switch_interval: float | None = gil.SWITCH_INTERVAL) -> None:
+        """`switch_interval`: at most this many seconds of the interpreter's
+        switch interval while the repository is open (ingest.gil says why);
+        None leaves the host's alone."""
         self.store = store
         self.config = config
         self.index = ChunkIndex()
@@ -91,14 +95,18 @@ class Repository:
         # largest metadata.
         self.index_loaded = False
         self._index_lock = asyncio.Lock()
+        if switch_interval is not None:
+            gil.lower(switch_interval)
+        self._switch_interval = switch_interval
 
     # -- opening -----------------------------------------------------------------
     @classmethod
     async def open(cls, store: str | os.PathLike | Store, *, create: bool = True,
-                   config: StoreConfig | None = None, workers: int | None = None) -> "Repository":
+                   config: StoreConfig | None = None, workers: int | None = None,
+                   switch_interval: float | None = gil.SWITCH_INTERVAL) -> "Repository":
         """Open the store at a URL or path (creating it if `create`) and read
         its config.  The index is loaded by the first write (index_ready):
-        reading files never needs it."""
+        reading files never needs it.  `switch_interval`: see __init__."""
         if not isinstance(store, Store):
             url = os.fspath(store)
             local = "://" not in url or url.startswith("file://")
@@ -113,7 +121,7 @@ class Repository:
                 # if-absent: two writers creating one store agree on one config.
                 await store.put(CONFIG_KEY, (config or StoreConfig()).encode(), if_absent=True)
                 cfg = StoreConfig.decode(await store.get(CONFIG_KEY))
-            repo = cls(store, cfg, workers=workers)
+            repo = cls(store, cfg, workers=workers, switch_interval=switch_interval)
         except BaseException:
             await store.close()
             raise
@@ -160,6 +168,9 @@ class Repository:
 
     async def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
+        if self._switch_interval is not None:
+            self._switch_interval = None
+            gil.release()
         await self.store.close()
 
     async def __aenter__(self) -> "Repository":
