@@ -12,19 +12,23 @@ to ingest instead of 1.5 s, a model 9.7 s instead of 0.53 s
 takes the GIL once per call).
 
 So while any Repository is open the switch interval is at most
-SWITCH_INTERVAL (0.5 ms: model 9.7 -> 1.8 s beside the spinning thread,
-dataset 4.4 -> 1.1 s, package 9.4 -> 3.2 s; alone, within the noise), and
-the host's own value comes back when the last one closes, unless the host
-changed it meanwhile.  `Repository(..., switch_interval=None)` leaves it
-alone.  Threads that share the GIL change hands more often; for a thread
-that never waits for another one nothing changes.
+SWITCH_INTERVAL, 1 ms, and the host's own value comes back when the last
+one closes, unless the host changed it meanwhile.  Beside the spinning
+thread: model 9.7 -> 2.8 s, dataset 4.4 -> 1.4 s, package 9.4 -> 3.2 s.
+0.5 ms did better there (1.8, 1.0, 2.6 s) but cost a model restore 10%
+alone (0.398 -> 0.442 s, 8 alternated pairs: with four files in flight our
+own threads contend, and each forced switch is a context switch); 1 ms
+alone was within the noise of the host's 5 ms (0.396 against 0.404 s).
+`Repository(..., switch_interval=None)` leaves the interval alone.
+Threads that share the GIL change hands more often; for a thread that
+never waits for another one nothing changes.
 """
 from __future__ import annotations
 
 import sys
 import threading
 
-SWITCH_INTERVAL = 0.0005
+SWITCH_INTERVAL = 0.001
 
 _lock = threading.Lock()
 _holders = 0
