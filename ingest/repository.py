@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from . import gil, hashing
-from ._mapped import Window, list_dir
+from ._mapped import Window, list_dir, place_files, remove_files, write_files
 from .compression import decompress
 from .config import KEY as CONFIG_KEY
 from .config import StoreConfig
@@ -499,7 +499,7 @@ class Repository:
                 await asyncio.to_thread(_write_file, tmp, out, first[0])
                 return first[1]
             try:
-                f = await asyncio.to_thread(open, tmp, "wb")
+                f = await asyncio.to_thread(open, tmp, "wb", buffering=0)
             except OSError as e:
                 raise IngestError(f"cannot write {out}: {e.strerror}") from None
             n = 0
@@ -1030,19 +1030,31 @@ async def _write_batches(blocks: AsyncIterator) -> AsyncIterator[tuple[list, int
 def _write_small_files(plans: list, ranges: list, bufs: list,
                        cache: FrameCache | None = None) -> list[tuple[int, int]]:
     """Decode, check and write small files from their fetched spans (in a
-    pool thread); a file listed twice (same planned locations) is decoded once."""
+    pool thread); a file listed twice (same planned locations) is decoded
+    once.  The files are written together (_write_files); if one cannot be
+    decoded, those before it are still written, then the error is raised."""
     done: list[tuple[int, int]] = []
+    items: list[tuple[Path, Path, list]] = []
     decoded: dict[int, list] = {}              # by id of its locations: same manifest
-    for i, out, size, locs, ids, parts in plans:
-        blocks = decoded.get(id(locs))
-        if blocks is None:
-            blocks = []
-            for r, runs, pack_hex in parts:
-                _, start, stop = ranges[r]
-                blocks += _check_decode_span(bufs[r], start, stop, locs, ids, runs, pack_hex, cache)
-            decoded[id(locs)] = blocks
-        _write_file(_tmp_path(out), out, blocks)
-        done.append((i, size))
+    try:
+        for i, out, size, locs, ids, parts in plans:
+            blocks = decoded.get(id(locs))
+            if blocks is None:
+                blocks = []
+                for r, runs, pack_hex in parts:
+                    _, start, stop = ranges[r]
+                    blocks += _check_decode_span(bufs[r], start, stop, locs, ids, runs, pack_hex,
+                                                 cache)
+                decoded[id(locs)] = blocks
+            items.append((_tmp_path(out), out, blocks))
+            done.append((i, size))
+    except BaseException:
+        try:
+            _write_files(items)
+        except IngestError:
+            pass                           # the decoding error is the one to report
+        raise
+    _write_files(items)
     return done
 
 
@@ -1053,16 +1065,31 @@ def _tmp_path(out: Path) -> Path:
 
 def _write_file(tmp: Path, out: Path, blocks: list) -> None:
     """Write a whole restored file: temporary file, then rename."""
-    try:
-        with open(tmp, "wb") as f:
-            _write_all(f, blocks)
-        os.replace(tmp, out)
-    except OSError as e:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise IngestError(f"cannot write {out}: {e.strerror}") from None
+    _write_files([(tmp, out, blocks)])
+
+
+def _write_files(items: list[tuple[Path, Path, list]]) -> None:
+    """Write whole restored files, each (temporary path, output path,
+    blocks): every temporary file created and written, then every one
+    renamed to its output, each step one native call for all of them
+    (beside a busy thread each syscall made from Python was a wait for the
+    GIL).  Files that fail leave no temporary file behind; the first
+    failure is raised once the others are in place."""
+    # An output listed twice is written once, as its last listing says.
+    items = list({t: (t, out, b) for t, out, b in items}.values())
+    if not items:
+        return
+    tmps = [t for t, _, _ in items]
+    errs = write_files(tmps, [b for _, _, b in items])
+    ok = [k for k, e in enumerate(errs) if not e]
+    placed = place_files([tmps[k] for k in ok], [items[k][1] for k in ok], False) if ok else []
+    for k, e in zip(ok, placed):
+        errs[k] = e
+    failed = [k for k, e in enumerate(errs) if e]
+    if failed:
+        remove_files([tmps[k] for k in failed])
+        k = failed[0]
+        raise IngestError(f"cannot write {items[k][1]}: {os.strerror(errs[k])}")
 
 
 def _make_dirs(dirs) -> None:
@@ -1070,9 +1097,24 @@ def _make_dirs(dirs) -> None:
         d.mkdir(parents=True, exist_ok=True)
 
 
+_IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 16
+
+
 def _write_all(f, blocks: list) -> None:
-    for b in blocks:
-        f.write(b)
+    """Write blocks in order to an unbuffered file, up to IOV_MAX of them
+    per writev (one syscall, one GIL release, for a batch of frames)."""
+    fd = f.fileno()
+    views = [v for v in (memoryview(b).cast("B") for b in blocks) if v.nbytes]
+    i = 0
+    while i < len(views):
+        n = os.writev(fd, views[i:i + _IOV_MAX])
+        while n:
+            if n >= views[i].nbytes:
+                n -= views[i].nbytes
+                i += 1
+            else:
+                views[i] = views[i][n:]
+                n = 0
 
 
 def stream_reader(stream):

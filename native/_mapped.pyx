@@ -2,18 +2,18 @@
 """Cython driver of native/mapguard.c: read-only windows of a file, mapped
 without copying its bytes, that raise no SIGBUS when the file shrinks; and
 batches of small-file I/O with the GIL released once a step (read_files,
-write_new_files, place_files, remove_files): a thread making a few
+write_new_files, write_files, place_files, remove_files): a thread making a few
 syscalls per file gives up the GIL at each, and beside busy threads each
 time is a wait to get it back."""
 import os
 
-from cpython.buffer cimport PyBuffer_FillInfo
+from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_FillInfo, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from libc.errno cimport EINTR, EISDIR, errno
 from libc.stdint cimport uint64_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport strerror
-from posix.fcntl cimport O_CLOEXEC, O_CREAT, O_EXCL, O_RDONLY, O_WRONLY, open as c_open
+from posix.fcntl cimport O_CLOEXEC, O_CREAT, O_EXCL, O_RDONLY, O_TRUNC, O_WRONLY, open as c_open
 from posix.stat cimport S_ISDIR, fstat, stat, struct_stat
 from posix.unistd cimport close, link, read, unlink, write
 
@@ -249,6 +249,68 @@ def write_new_files(paths, datas):
         return [errs[i] for i in range(n)]
     finally:
         free(cn); free(bufs); free(sizes); free(errs)
+
+
+def write_files(paths, contents):
+    """Create or truncate each path (mode 0o666 less the umask, as open()
+    makes it) and write its contents, a list of bytes-like objects written
+    in order, all without the GIL: a restore wrote each small file with an
+    open, a write per block, a close and a rename, each giving up the GIL.
+    Per file, in order, 0 or the errno that failed it; a file that failed
+    half way is left for the caller to remove.  Not synced."""
+    names = [os.fsencode(p) for p in paths]
+    contents = [list(c) for c in contents]
+    cdef Py_ssize_t n = len(names), i, j, k, total = 0
+    if len(contents) != n:
+        raise ValueError(f"{len(contents)} contents for {n} paths")
+    for c in contents:
+        total += len(c)
+    cdef const char **cn = _c_names(names)
+    cdef Py_buffer *views = <Py_buffer *>malloc(max(total, 1) * sizeof(Py_buffer))
+    cdef Py_ssize_t *first = <Py_ssize_t *>malloc((n + 1) * sizeof(Py_ssize_t))
+    cdef int *errs = <int *>malloc(max(n, 1) * sizeof(int))
+    cdef Py_ssize_t held = 0
+    cdef int fd
+    cdef size_t done, size
+    cdef const char *buf
+    cdef ssize_t r
+    try:
+        if views == NULL or first == NULL or errs == NULL:
+            raise MemoryError()
+        for i in range(n):
+            first[i] = held
+            for part in contents[i]:
+                PyObject_GetBuffer(part, &views[held], PyBUF_SIMPLE)
+                held += 1
+        first[n] = held
+        with nogil:
+            for i in range(n):
+                errs[i] = 0
+                fd = c_open(cn[i], O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o666)
+                if fd < 0:
+                    errs[i] = errno
+                    continue
+                for k in range(first[i], first[i + 1]):
+                    buf = <const char *>views[k].buf
+                    size = views[k].len
+                    done = 0
+                    while done < size:
+                        r = write(fd, buf + done, size - done)
+                        if r < 0:
+                            if errno == EINTR:
+                                continue
+                            errs[i] = errno
+                            break
+                        done += r
+                    if errs[i]:
+                        break
+                if close(fd) != 0 and not errs[i]:
+                    errs[i] = errno
+        return [errs[i] for i in range(n)]
+    finally:
+        for j in range(held):
+            PyBuffer_Release(&views[j])
+        free(cn); free(views); free(first); free(errs)
 
 
 def place_files(tmps, finals, bint link_only):

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from ingest import IngestError, Repository, pipeline, repository
+from ingest import _mapped
 from ingest._mapped import SLOTS, Window
 
 from helpers import rand, run, text
@@ -363,3 +364,22 @@ def test_list_dir_walks_a_tree_as_scandir_did(tmp_path):
         list_dir(top / "missing")
     with pytest.raises(NotADirectoryError):
         list_dir(top / "f1")
+
+
+def test_write_files_writes_parts_in_order_truncates_and_reports_errno(tmp_path):
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    b.write_bytes(b"an older and longer content")
+    data = np.arange(100_000, dtype=np.uint32).tobytes()
+    errs = _mapped.write_files(
+        [a, b, tmp_path / "missing" / "x", c],
+        [[b"head ", memoryview(data)[8:], bytearray(b" tail")], [b"new"], [b"lost"], []])
+    assert errs[0] == errs[1] == errs[3] == 0 and errs[2] == errno.ENOENT
+    assert a.read_bytes() == b"head " + data[8:] + b" tail"
+    assert b.read_bytes() == b"new" and c.read_bytes() == b""
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(a.stat().st_mode) == 0o666 & ~umask
+    with pytest.raises(ValueError):
+        _mapped.write_files([a], [])
+    with pytest.raises(TypeError):
+        _mapped.write_files([a], [[object()]])

@@ -680,6 +680,28 @@ def test_restore_many_damaged_pack_writes_no_bad_file(tmp_path):
         assert p.read_bytes() == small[p.name]
 
 
+def test_restore_many_an_output_that_cannot_be_written(tmp_path):
+    """The batch's other files are restored whole, the one that cannot be
+    written is named in the error, and no temporary file stays behind."""
+    root = tmp_path / "s"
+    small = {f"f{i}": text(3000 + i, i) for i in range(12)}
+
+    async def go():
+        async with await Repository.open(root) as repo:
+            await repo.put_tree([_tree(tmp_path / "src", small)])
+            out = tmp_path / "out"
+            out.mkdir()
+            (out / "f5").mkdir()                  # a directory where f5 would go
+            with pytest.raises(IngestError, match="cannot write .*f5"):
+                await repo.restore_many([(f"src/{n}", out / n) for n in small])
+            for n in small:
+                if n != "f5":
+                    assert (out / n).read_bytes() == small[n], n
+            assert (out / "f5").is_dir()
+            assert not [p for p in out.iterdir() if p.name.endswith(".ingest-tmp")]
+    run(go())
+
+
 def _tree(root: Path, files: dict[str, bytes]) -> Path:
     root.mkdir(parents=True)
     for name, data in files.items():
