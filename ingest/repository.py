@@ -499,7 +499,7 @@ class Repository:
                 await asyncio.to_thread(_write_file, tmp, out, first[0])
                 return first[1]
             try:
-                f = await asyncio.to_thread(open, tmp, "wb", buffering=0)
+                f = await asyncio.to_thread(open, tmp, "wb")
             except OSError as e:
                 raise IngestError(f"cannot write {out}: {e.strerror}") from None
             n = 0
@@ -1097,24 +1097,9 @@ def _make_dirs(dirs) -> None:
         d.mkdir(parents=True, exist_ok=True)
 
 
-_IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 16
-
-
 def _write_all(f, blocks: list) -> None:
-    """Write blocks in order to an unbuffered file, up to IOV_MAX of them
-    per writev (one syscall, one GIL release, for a batch of frames)."""
-    fd = f.fileno()
-    views = [v for v in (memoryview(b).cast("B") for b in blocks) if v.nbytes]
-    i = 0
-    while i < len(views):
-        n = os.writev(fd, views[i:i + _IOV_MAX])
-        while n:
-            if n >= views[i].nbytes:
-                n -= views[i].nbytes
-                i += 1
-            else:
-                views[i] = views[i][n:]
-                n = 0
+    for b in blocks:
+        f.write(b)
 
 
 def stream_reader(stream):
