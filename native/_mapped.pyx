@@ -202,53 +202,30 @@ cdef const char **_c_names(list names) except NULL:
     return out
 
 
+cdef int _write_all(int fd, const char *buf, size_t size) noexcept nogil:
+    """Write all of buf to fd; 0 or the errno that stopped it."""
+    cdef size_t done = 0
+    cdef ssize_t r
+    while done < size:
+        r = write(fd, buf + done, size - done)
+        if r < 0:
+            if errno == EINTR:
+                continue
+            return errno
+        done += r
+    return 0
+
+
 def write_new_files(paths, datas):
     """Create each path (it must not exist: O_EXCL, mode 0o644) and write
     its bytes (a bytes object each), without the GIL.  Per file, in order,
     0 or the errno that failed it; a file that failed half way is left for
     the caller to remove.  Not synced: the caller syncs (syncfs)."""
-    names = [os.fsencode(p) for p in paths]
     datas = list(datas)
-    cdef Py_ssize_t n = len(names), i
-    if len(datas) != n:
-        raise ValueError(f"{len(datas)} contents for {n} paths")
     for d in datas:
         if type(d) is not bytes:
             raise TypeError(f"write_new_files takes bytes, not {type(d).__name__}")
-    cdef const char **cn = _c_names(names)
-    cdef const char **bufs = <const char **>malloc(max(n, 1) * sizeof(char *))
-    cdef size_t *sizes = <size_t *>malloc(max(n, 1) * sizeof(size_t))
-    cdef int *errs = <int *>malloc(max(n, 1) * sizeof(int))
-    cdef int fd
-    cdef size_t done
-    cdef ssize_t r
-    try:
-        if bufs == NULL or sizes == NULL or errs == NULL:
-            raise MemoryError()
-        for i in range(n):
-            bufs[i] = PyBytes_AS_STRING(datas[i])
-            sizes[i] = len(datas[i])
-        with nogil:
-            for i in range(n):
-                errs[i] = 0
-                fd = c_open(cn[i], O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o644)
-                if fd < 0:
-                    errs[i] = errno
-                    continue
-                done = 0
-                while done < sizes[i]:
-                    r = write(fd, bufs[i] + done, sizes[i] - done)
-                    if r < 0:
-                        if errno == EINTR:
-                            continue
-                        errs[i] = errno
-                        break
-                    done += r
-                if close(fd) != 0 and not errs[i]:
-                    errs[i] = errno
-        return [errs[i] for i in range(n)]
-    finally:
-        free(cn); free(bufs); free(sizes); free(errs)
+    return _write_batch(paths, [[d] for d in datas], O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o644)
 
 
 def write_files(paths, contents):
@@ -258,6 +235,12 @@ def write_files(paths, contents):
     open, a write per block, a close and a rename, each giving up the GIL.
     Per file, in order, 0 or the errno that failed it; a file that failed
     half way is left for the caller to remove.  Not synced."""
+    return _write_batch(paths, contents, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o666)
+
+
+cdef list _write_batch(paths, contents, int flags, int mode):
+    """Open each path with `flags` and `mode` and write its parts, in one
+    release of the GIL; per file 0 or an errno."""
     names = [os.fsencode(p) for p in paths]
     contents = [list(c) for c in contents]
     cdef Py_ssize_t n = len(names), i, j, k, total = 0
@@ -271,9 +254,6 @@ def write_files(paths, contents):
     cdef int *errs = <int *>malloc(max(n, 1) * sizeof(int))
     cdef Py_ssize_t held = 0
     cdef int fd
-    cdef size_t done, size
-    cdef const char *buf
-    cdef ssize_t r
     try:
         if views == NULL or first == NULL or errs == NULL:
             raise MemoryError()
@@ -286,22 +266,12 @@ def write_files(paths, contents):
         with nogil:
             for i in range(n):
                 errs[i] = 0
-                fd = c_open(cn[i], O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o666)
+                fd = c_open(cn[i], flags, mode)
                 if fd < 0:
                     errs[i] = errno
                     continue
                 for k in range(first[i], first[i + 1]):
-                    buf = <const char *>views[k].buf
-                    size = views[k].len
-                    done = 0
-                    while done < size:
-                        r = write(fd, buf + done, size - done)
-                        if r < 0:
-                            if errno == EINTR:
-                                continue
-                            errs[i] = errno
-                            break
-                        done += r
+                    errs[i] = _write_all(fd, <const char *>views[k].buf, views[k].len)
                     if errs[i]:
                         break
                 if close(fd) != 0 and not errs[i]:
