@@ -478,7 +478,12 @@ def fmt_tables(results: dict) -> str:
             f"{'CPU s ours':>10} {'hf_xet':>7}")
     L += ["Speed (median MB/s of input; ours/hf_xet: ratio of the medians, and the median (min-max) "
           "of the per-repetition ratios; higher is better; ok judges the paired median; "
-          "CPU s: median user+sys seconds of the child, all threads)", head, "-" * len(head)]
+          "CPU s: median user+sys seconds of the child, all threads)"]
+    if results.get("busy_thread") or "ran a thread" in results.get("how", {}).get("busy_thread", ""):
+        L += ["Beside a busy thread (--busy-thread): both tools' children ran a thread of pure Python "
+              "bytecode beside the work, whose CPU the CPU s include; the targets are the issue's, "
+              "set for runs without one"]
+    L += [head, "-" * len(head)]
     for kind, c in results["corpora"].items():
         o, h = c["tools"].get("ingest", {}), c["tools"].get("hf_xet", {})
         for i, p in enumerate(PHASES):
@@ -590,7 +595,7 @@ def main(argv: list[str] | None = None) -> int:
     dirty = subprocess.run(["git", "-C", str(HERE.parent), "status", "--porcelain", "--untracked-files=no"],
                            capture_output=True, text=True).stdout.strip()
     results = {
-        "scale": args.scale, "seed": args.seed, "repeat": args.repeat,
+        "scale": args.scale, "seed": args.seed, "repeat": args.repeat, "busy_thread": BUSY_THREAD,
         "versions": {"ingest": f"{ver('ingest')} (git {rev}{'+dirty' if dirty else ''})",
                      "hf_xet": ver("hf_xet")},
         "how": {
