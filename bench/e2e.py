@@ -479,7 +479,7 @@ def fmt_tables(results: dict) -> str:
     L += ["Speed (median MB/s of input; ours/hf_xet: ratio of the medians, and the median (min-max) "
           "of the per-repetition ratios; higher is better; ok judges the paired median; "
           "CPU s: median user+sys seconds of the child, all threads)"]
-    if results.get("busy_thread") or "ran a thread" in results.get("how", {}).get("busy_thread", ""):
+    if results.get("busy_thread"):
         L += ["Beside a busy thread (--busy-thread): both tools' children ran a thread of pure Python "
               "bytecode beside the work, whose CPU the CPU s include; the targets are the issue's, "
               "set for runs without one"]

@@ -151,13 +151,11 @@ class _Frame:
         without the GIL."""
         runs, self.runs = self.runs, None
         if runs:
-            dst = np.frombuffer(self.data, np.uint8)
-            mv = self.data
             for src, at, s, n in runs:
                 if n < COPY_NOGIL:
-                    mv[at:at + n] = memoryview(src)[s:s + n]
+                    self.data[at:at + n] = memoryview(src)[s:s + n]
                 else:
-                    np.copyto(dst[at:at + n], src[s:s + n])
+                    np.copyto(np.frombuffer(self.data, np.uint8)[at:at + n], src[s:s + n])
 
     def grow(self, size: int) -> None:
         self.copy_in()

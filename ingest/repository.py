@@ -496,7 +496,7 @@ class Repository:
             if second is None:
                 # The whole file is in hand (most files of a tree): open, write
                 # and rename in one thread hop instead of three.
-                await asyncio.to_thread(_write_file, tmp, out, first[0])
+                await asyncio.to_thread(_write_files, [(out, first[0])])
                 return first[1]
             try:
                 f = await asyncio.to_thread(open, tmp, "wb")
@@ -1034,7 +1034,7 @@ def _write_small_files(plans: list, ranges: list, bufs: list,
     once.  The files are written together (_write_files); if one cannot be
     decoded, those before it are still written, then the error is raised."""
     done: list[tuple[int, int]] = []
-    items: list[tuple[Path, Path, list]] = []
+    items: list[tuple[Path, list]] = []
     decoded: dict[int, list] = {}              # by id of its locations: same manifest
     try:
         for i, out, size, locs, ids, parts in plans:
@@ -1046,7 +1046,7 @@ def _write_small_files(plans: list, ranges: list, bufs: list,
                     blocks += _check_decode_span(bufs[r], start, stop, locs, ids, runs, pack_hex,
                                                  cache)
                 decoded[id(locs)] = blocks
-            items.append((_tmp_path(out), out, blocks))
+            items.append((out, blocks))
             done.append((i, size))
     except BaseException:
         try:
@@ -1063,33 +1063,29 @@ def _tmp_path(out: Path) -> Path:
     return out.with_name(f".{out.name}.ingest-tmp")
 
 
-def _write_file(tmp: Path, out: Path, blocks: list) -> None:
-    """Write a whole restored file: temporary file, then rename."""
-    _write_files([(tmp, out, blocks)])
-
-
-def _write_files(items: list[tuple[Path, Path, list]]) -> None:
-    """Write whole restored files, each (temporary path, output path,
-    blocks): every temporary file created and written, then every one
-    renamed to its output, each step one native call for all of them
+def _write_files(items: list[tuple[Path, list]]) -> None:
+    """Write whole restored files, each (output path, blocks): every
+    temporary file (_tmp_path) created and written, then every one renamed
+    to its output, each step one native call for all of them
     (beside a busy thread each syscall made from Python was a wait for the
     GIL).  Files that fail leave no temporary file behind; the first
     failure is raised once the others are in place."""
     # An output listed twice is written once, as its last listing says.
-    items = list({t: (t, out, b) for t, out, b in items}.values())
-    if not items:
+    outs = dict(items)
+    if not outs:
         return
-    tmps = [t for t, _, _ in items]
-    errs = write_files(tmps, [b for _, _, b in items])
+    paths = list(outs)
+    tmps = [_tmp_path(out) for out in paths]
+    errs = write_files(tmps, list(outs.values()))
     ok = [k for k, e in enumerate(errs) if not e]
-    placed = place_files([tmps[k] for k in ok], [items[k][1] for k in ok], False) if ok else []
+    placed = place_files([tmps[k] for k in ok], [paths[k] for k in ok], False) if ok else []
     for k, e in zip(ok, placed):
         errs[k] = e
     failed = [k for k, e in enumerate(errs) if e]
     if failed:
         remove_files([tmps[k] for k in failed])
         k = failed[0]
-        raise IngestError(f"cannot write {items[k][1]}: {os.strerror(errs[k])}")
+        raise IngestError(f"cannot write {paths[k]}: {os.strerror(errs[k])}")
 
 
 def _make_dirs(dirs) -> None:
