@@ -526,6 +526,10 @@ def fmt_tables(results: dict) -> str:
         L += ["", "borg (one run, for reference): " + ", ".join(
             f"{k} {c['borg']['mb_per_s']:.0f} MB/s" for k, c in results["corpora"].items()
             if "mb_per_s" in c.get("borg", {}))]
+    mem = results.get("host", {}).get("memory")
+    if mem:
+        import machine
+        L += ["", "This machine's " + machine.describe(mem)]
     return "\n".join(L)
 
 
@@ -560,6 +564,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="each child (both tools) runs a thread of pure Python bytecode beside the "
                          "timed work, as in a busy host process that embeds the library")
     ap.add_argument("--no-verify", action="store_true", help="do not compare restored files to the input")
+    ap.add_argument("--no-machine-probe", action="store_true",
+                    help="skip bench/machine.py's measure of what a fresh page of memory costs here")
     ap.add_argument("--workdir", default=None, help="where corpora and stores go (default: a temp dir)")
     ap.add_argument("--json-out", default=None, help="write the results as JSON to this file")
     ap.add_argument("--from-json", default=None, help="print the tables of an earlier --json-out and exit")
@@ -636,6 +642,13 @@ def main(argv: list[str] | None = None) -> int:
     work = pathlib.Path(tempfile.mkdtemp(prefix="ingest-e2e-", dir=args.workdir))
     failed = False
     try:
+        if not args.no_machine_probe:
+            # What the host charges for memory a new process touches first
+            # (every child is one): on shared VMs it moves both tools'
+            # figures from run to run (bench/machine.py).
+            import machine
+            results["host"]["memory"] = machine.probe(64, str(work), 3)
+            log(machine.describe(results["host"]["memory"]))
         for kind in kinds:
             root = work / "corpus" / kind
             t0 = time.perf_counter()
