@@ -105,6 +105,14 @@ def _cpu() -> float:
     return t.user + t.system
 
 
+def _faults() -> int:
+    """Minor page faults of this process so far, all threads: pages it
+    touched first (heap, page cache it mapped), which bench/machine.py
+    prices for this machine."""
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 def child_ingest_ours(spec: dict) -> dict:
     import asyncio
 
@@ -115,7 +123,7 @@ def child_ingest_ours(spec: dict) -> dict:
         new_event_loop = asyncio.new_event_loop
 
     async def go():
-        c0, t0 = _cpu(), time.perf_counter()
+        c0, f0, t0 = _cpu(), _faults(), time.perf_counter()
         repo = await Repository.open(spec["store"])
         t_open = time.perf_counter() - t0
         files = []
@@ -126,15 +134,16 @@ def child_ingest_ours(spec: dict) -> dict:
                                   "new_bytes": r.new_bytes})
         finally:
             await repo.close()
-        return time.perf_counter() - t0, _cpu() - c0, t_open, files
+        return time.perf_counter() - t0, _cpu() - c0, _faults() - f0, t_open, files
 
     base = _maxrss()
     loop = new_event_loop()
     try:
-        seconds, cpu, t_open, files = loop.run_until_complete(go())
+        seconds, cpu, faults, t_open, files = loop.run_until_complete(go())
     finally:
         loop.close()
-    return {"seconds": seconds, "cpu_seconds": cpu, "open_seconds": t_open, "files": files,
+    return {"seconds": seconds, "cpu_seconds": cpu, "minor_faults": faults,
+            "open_seconds": t_open, "files": files,
             "new_bytes": sum(f["new_bytes"] for f in files), "rss_base": base}
 
 
@@ -148,7 +157,7 @@ def child_restore_ours(spec: dict) -> dict:
         new_event_loop = asyncio.new_event_loop
 
     async def go():
-        c0, t0 = _cpu(), time.perf_counter()
+        c0, f0, t0 = _cpu(), _faults(), time.perf_counter()
         repo = await Repository.open(spec["store"], create=False)
         dirs = {os.path.dirname(f["out"]) for f in spec["files"]}
         try:
@@ -157,15 +166,16 @@ def child_restore_ours(spec: dict) -> dict:
             n = sum(await repo.restore_many([(f["file_id"], f["out"]) for f in spec["files"]]))
         finally:
             await repo.close()
-        return time.perf_counter() - t0, _cpu() - c0, n
+        return time.perf_counter() - t0, _cpu() - c0, _faults() - f0, n
 
     base = _maxrss()
     loop = new_event_loop()
     try:
-        seconds, cpu, n = loop.run_until_complete(go())
+        seconds, cpu, faults, n = loop.run_until_complete(go())
     finally:
         loop.close()
-    return {"seconds": seconds, "cpu_seconds": cpu, "bytes": n, "rss_base": base}
+    return {"seconds": seconds, "cpu_seconds": cpu, "minor_faults": faults, "bytes": n,
+            "rss_base": base}
 
 
 def child_ingest_hf_xet(spec: dict) -> dict:
@@ -173,26 +183,28 @@ def child_ingest_hf_xet(spec: dict) -> dict:
     base = _maxrss()
     endpoint = "local://" + spec["store"]
     files = []
-    c0, t0 = _cpu(), time.perf_counter()
+    c0, f0, t0 = _cpu(), _faults(), time.perf_counter()
     for batch in spec["batches"]:
         infos = hf_xet.upload_files(batch, endpoint, None, None, None, "model",
                                     skip_sha256=not spec["sha256"])
         files += [{"path": p, "hash": i.hash, "size": i.file_size} for p, i in zip(batch, infos)]
-    seconds, cpu = time.perf_counter() - t0, _cpu() - c0
-    return {"seconds": seconds, "cpu_seconds": cpu, "files": files, "rss_base": base}
+    seconds, cpu, faults = time.perf_counter() - t0, _cpu() - c0, _faults() - f0
+    return {"seconds": seconds, "cpu_seconds": cpu, "minor_faults": faults, "files": files,
+            "rss_base": base}
 
 
 def child_restore_hf_xet(spec: dict) -> dict:
     import hf_xet
     base = _maxrss()
-    c0, t0 = _cpu(), time.perf_counter()
+    c0, f0, t0 = _cpu(), _faults(), time.perf_counter()
     dirs = {os.path.dirname(f["out"]) for f in spec["files"]}
     for d in dirs:
         os.makedirs(d, exist_ok=True)
     infos = [hf_xet.PyXetDownloadInfo(f["out"], f["hash"], f["size"]) for f in spec["files"]]
     hf_xet.download_files(infos, "local://" + spec["store"], None, None, None)
-    seconds, cpu = time.perf_counter() - t0, _cpu() - c0
-    return {"seconds": seconds, "cpu_seconds": cpu, "bytes": sum(f["size"] for f in spec["files"]), "rss_base": base}
+    seconds, cpu, faults = time.perf_counter() - t0, _cpu() - c0, _faults() - f0
+    return {"seconds": seconds, "cpu_seconds": cpu, "minor_faults": faults,
+            "bytes": sum(f["size"] for f in spec["files"]), "rss_base": base}
 
 
 CHILDREN = {("ingest", "ingest"): child_ingest_ours, ("ingest", "restore"): child_restore_ours,
@@ -397,6 +409,7 @@ def bench_corpus(corpus: Corpus, tools: list[str], work: pathlib.Path, repeat: i
                     log(f"  rep {r + 1} {t:7} {phase:8} {out['seconds']:7.2f} s "
                         f"{corpus.input_bytes / out['seconds'] / 1e6:8.1f} MB/s  "
                         f"cpu {out['cpu_seconds']:6.2f} s  "
+                        f"faults {out.get('minor_faults', 0):7d}  "
                         f"peak RSS {out['rss_peak'] / 2**20:7.1f} MiB")
         finally:
             done_dirs += [dirs[t][0].parent for t in tools]
@@ -416,6 +429,7 @@ def bench_corpus(corpus: Corpus, tools: list[str], work: pathlib.Path, repeat: i
                      "wall_seconds_all_runs": [o["wall_seconds"] for o in runs[t][p]],
                      "cpu_seconds_median": statistics.median(o["cpu_seconds"] for o in runs[t][p]),
                      "cpu_seconds_all_runs": [o["cpu_seconds"] for o in runs[t][p]],
+                     "minor_faults_all_runs": [o.get("minor_faults") for o in runs[t][p]],
                      "rss_peak_max": max(o["rss_peak"] for o in runs[t][p]),
                      "rss_base": max(o["rss_base"] for o in runs[t][p])}
             if t == "ingest" and p != "restore":
@@ -620,6 +634,7 @@ def main(argv: list[str] | None = None) -> int:
             "mb_per_s": "input bytes of all versions / seconds, MB = 1e6 bytes",
             "rss": "child's own peak RSS (VmHWM of /proc/self/status), bytes",
             "cpu_seconds": "user + system seconds of the child (all threads) over the timed work",
+            "minor_faults": "minor page faults of the child over the timed work (pages touched first)",
         },
         "targets": TARGETS,
         "host": {"cpus": os.cpu_count(), "python": platform.python_version(), "machine": platform.machine()},
