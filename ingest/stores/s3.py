@@ -38,8 +38,17 @@ from aiobotocore.session import AioSession
 from ..errors import StoreError
 from .base import ObjectInfo, ObjectNotFound, Store, as_parts, check_key
 from .retry import TransientStoreError
+from .s3fast import SignedRequests
 
 PROBE_DIR = ".ingest-probe"      # under the prefix; holds the If-None-Match probe for an instant
+# PUTs up to this size (manifests, refs, index shards, small packs) go
+# through s3fast.SignedRequests when it is on; larger ones stream through
+# botocore (PartsReader), where the per-request cost does not matter.
+FAST_PUT_MAX = 1 << 20
+# Answers to one of our own signed requests that say the endpoint wants
+# something only botocore does (a redirect, another region, a signature it
+# reads differently): that request and all later ones go through botocore.
+_FAST_REFUSED_STATUS = {301, 302, 307, 400, 403}
 
 # Error codes from the S3 API that say "try again" (besides any 5xx status).
 _TRANSIENT_CODES = {
@@ -108,6 +117,9 @@ class PartsBody:
 
     def reader(self) -> "PartsReader":
         return PartsReader(self.views, self.size)
+
+    def joined(self) -> bytes:
+        return b"".join(self.views)
 
 
 class PartsReader(io.RawIOBase):
@@ -205,9 +217,13 @@ class S3Store(Store):
     def __init__(self, bucket: str, prefix: str = "", *, endpoint_url: str | None = None,
                  region: str | None = None, profile: str | None = None,
                  max_concurrency: int = 16, connect_timeout: float = 10.0,
-                 read_timeout: float = 60.0, conditional_put: bool | None = None) -> None:
+                 read_timeout: float = 60.0, conditional_put: bool | None = None,
+                 fast_requests: bool = True) -> None:
         """`prefix` is "" or ends in "/".  `conditional_put`: None probes once
-        whether the server honours If-None-Match; True/False skip the probe."""
+        whether the server honours If-None-Match; True/False skip the probe.
+        `fast_requests`: GETs, HEADs and PUTs of up to FAST_PUT_MAX bytes as
+        requests signed here (s3fast) rather than through botocore, until the
+        server refuses one; False sends everything through botocore."""
         if max_concurrency < 1:
             raise ValueError("max_concurrency must be at least 1")
         self.bucket = bucket
@@ -219,6 +235,9 @@ class S3Store(Store):
         self.profile = profile
         self.max_concurrency = max_concurrency
         self.conditional_put = conditional_put
+        self.fast_requests = fast_requests
+        self._fast: SignedRequests | None = None
+        self._connect_timeout, self._read_timeout = connect_timeout, read_timeout
         self._config = AioConfig(
             max_pool_connections=max_concurrency,
             connect_timeout=connect_timeout,
@@ -270,13 +289,78 @@ class S3Store(Store):
             raise StoreError(f"{self.url}: {e}") from None
         except bce.BotoCoreError as e:
             raise StoreError(f"{self.url}: cannot create S3 client: {e}") from None
+        # The bucket's URL as botocore addresses it (endpoint, path or
+        # virtual-host style), from the HeadBucket it sends next.
+        seen: list[str] = []
+        client.meta.events.register("before-send.s3.HeadBucket",
+                                    lambda request, **_: seen.append(request.url))
         try:
             await self._check_bucket(client, op, key)
+            if self.fast_requests and seen:
+                self._fast = await self._signed_requests(session, client, seen[0], stack)
         except BaseException:
             await stack.aclose()
             raise
         self._stack = stack
         return client
+
+    async def _signed_requests(self, session, client, bucket_url: str, stack
+                               ) -> SignedRequests | None:
+        """The fast path for this store, or None where it cannot sign as
+        botocore would (no credentials, or a bucket URL with a query)."""
+        if "?" in bucket_url:
+            return None
+        try:
+            creds = await session.get_credentials()
+        except bce.BotoCoreError:
+            return None
+        if creds is None:
+            return None
+        fast = SignedRequests(bucket_url, client.meta.region_name or "us-east-1", creds,
+                              max_connections=self.max_concurrency,
+                              connect_timeout=self._connect_timeout,
+                              read_timeout=self._read_timeout)
+        stack.push_async_callback(fast.close)
+        return fast
+
+    def _refused(self, e: bce.ClientError) -> bool:
+        """Whether our own request's error says to use botocore from now on
+        (it then sends the request again, and gives the true answer)."""
+        if _code(e)[1] in _FAST_REFUSED_STATUS:
+            self._fast = None
+            return True
+        return False
+
+    async def _put_object(self, client, k: str, body: "PartsBody", **kw) -> None:
+        fast = self._fast
+        if fast is not None and body.size <= FAST_PUT_MAX:
+            try:
+                await fast.put_object(Bucket=self.bucket, Key=k, Body=body.joined(), **kw)
+                return
+            except bce.ClientError as e:
+                if not self._refused(e):
+                    raise
+        await client.put_object(Bucket=self.bucket, Key=k, Body=body.reader(), **kw)
+
+    async def _get_object(self, client, k: str, **kw) -> dict:
+        fast = self._fast
+        if fast is not None:
+            try:
+                return await fast.get_object(Bucket=self.bucket, Key=k, **kw)
+            except bce.ClientError as e:
+                if not self._refused(e):
+                    raise
+        return await client.get_object(Bucket=self.bucket, Key=k, **kw)
+
+    async def _head_object(self, client, k: str) -> dict:
+        fast = self._fast
+        if fast is not None:
+            try:
+                return await fast.head_object(Bucket=self.bucket, Key=k)
+            except bce.ClientError as e:
+                if not self._refused(e):
+                    raise
+        return await client.head_object(Bucket=self.bucket, Key=k)
 
     async def _check_bucket(self, client, op: str, key: str) -> None:
         try:
@@ -296,6 +380,7 @@ class S3Store(Store):
 
     async def close(self) -> None:
         stack, self._stack, self._client, self._loop = self._stack, None, None, None
+        self._fast = None
         if stack is not None:
             await stack.aclose()
 
@@ -339,7 +424,7 @@ class S3Store(Store):
         client = await self._s3("put", key)
         try:
             if not if_absent:
-                await client.put_object(Bucket=self.bucket, Key=k, Body=body.reader())
+                await self._put_object(client, k, body)
                 return True
             return await self._put_once(client, k, key, body)
         except StoreError:
@@ -376,8 +461,7 @@ class S3Store(Store):
             await self._probe_conditional_put(client)
         if self.conditional_put:
             try:
-                await client.put_object(Bucket=self.bucket, Key=k, Body=body.reader(),
-                                        IfNoneMatch="*")
+                await self._put_object(client, k, body, IfNoneMatch="*")
                 return True
             except bce.ClientError as e:
                 code, status = _code(e)
@@ -392,7 +476,7 @@ class S3Store(Store):
         # (see docs/STORES.md).
         if await self._head(client, k, key) is not None:
             return False
-        await client.put_object(Bucket=self.bucket, Key=k, Body=body.reader())
+        await self._put_object(client, k, body)
         return True
 
     async def _probe_conditional_put(self, client) -> None:
@@ -438,7 +522,7 @@ class S3Store(Store):
             if start or end is not None:
                 kwargs["Range"] = f"bytes={start}-{'' if end is None else end - 1}"
             try:
-                resp = await client.get_object(Bucket=self.bucket, Key=k, **kwargs)
+                resp = await self._get_object(client, k, **kwargs)
             except bce.ClientError as e:
                 code, status = _code(e)
                 if code in ("NoSuchKey", "404") or (status == 404 and code != "NoSuchBucket"):
@@ -475,7 +559,7 @@ class S3Store(Store):
 
     async def _head(self, client, k: str, key: str) -> ObjectInfo | None:
         try:
-            resp = await client.head_object(Bucket=self.bucket, Key=k)
+            resp = await self._head_object(client, k)
         except bce.ClientError as e:
             if _code(e)[1] == 404:
                 return None
