@@ -59,7 +59,10 @@ class SignedRequests:
             connector=aiohttp.TCPConnector(limit=max_connections),
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout,
                                           sock_read=read_timeout),
-            skip_auto_headers=("User-Agent", "Content-Type"), auto_decompress=False)
+            # No Accept-Encoding: a server must not gzip an object's bytes
+            # on the way (they are read as stored, auto_decompress off).
+            skip_auto_headers=("User-Agent", "Content-Type", "Accept-Encoding"),
+            auto_decompress=False)
 
     async def close(self) -> None:
         await self._session.close()
