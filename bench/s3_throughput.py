@@ -19,6 +19,8 @@ rounds (the order reversed every other round; medians reported):
                that store (read from a session at start: E) is the C of the
                raw line it is compared with
   engine s3 pN the same through `repo.session(max_packs_in_flight=N)` (--packs)
+  engine s3 botocore  (--corpus only) the corpus with `fast_requests=False`:
+               every request through botocore, none signed by the store
   engine local `put_bytes` into a local store in the temporary directory
   engine null  `put_bytes` into a store that keeps nothing of a pack but its
                size: the engine's own speed, no store at all
@@ -276,6 +278,10 @@ def variants(args, data_name: str, data, objects, paths, local_root: pathlib.Pat
                         lambda b, n=n: engine_put(open_store(f"s3://{b}/store"), data, packs=n)))
     else:
         out.append(("engine s3", lambda b: engine_put(open_store(f"s3://{b}/store"), paths=paths)))
+        # Every request through botocore, as before the store signed its own
+        # small ones (ingest/stores/s3fast.py): a tree is mostly those.
+        out.append(("engine s3 botocore", lambda b: engine_put(
+            open_store(f"s3://{b}/store", fast_requests=False), paths=paths)))
     if not args.no_local:
         def local(_b):
             d = local_root / uuid.uuid4().hex
