@@ -334,7 +334,7 @@ class WriteSession:
         self._index_load: asyncio.Future | None = None
         if not repo.index_loaded:
             try:
-                self._index_load = asyncio.ensure_future(repo.index_ready())
+                self._index_load = repo.background(repo.index_ready())
                 self._index_load.add_done_callback(_consume)
             except RuntimeError:            # made outside a running loop: loaded when needed
                 pass

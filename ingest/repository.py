@@ -95,6 +95,7 @@ class Repository:
         # largest metadata.
         self.index_loaded = False
         self._index_lock = asyncio.Lock()
+        self._background: set[asyncio.Future] = set()   # see background()
         if switch_interval is not None:
             gil.lower(switch_interval)
         self._switch_interval = switch_interval
@@ -166,7 +167,23 @@ class Repository:
                 self.index.shards.add(key)
         return len(keys)
 
+    def background(self, coro) -> asyncio.Future:
+        """A task the repository owns (a session's early index load): one
+        still running at close() is cancelled and awaited there, before the
+        store closes under it.  Left behind, a repository opened and closed
+        at once (a probe, a daemon stopped at start-up) destroyed a pending
+        task at the loop's end, mid-request in the store's client."""
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return task
+
     async def close(self) -> None:
+        running = [t for t in self._background if not t.done()]
+        for t in running:
+            t.cancel()
+        if running:
+            await asyncio.gather(*running, return_exceptions=True)
         self.executor.shutdown(wait=False, cancel_futures=True)
         if self._switch_interval is not None:
             self._switch_interval = None

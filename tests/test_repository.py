@@ -213,6 +213,22 @@ def test_put_tree_takes_a_plan_and_walks_nothing_again(tmp_path):
     run(go())
 
 
+def test_close_waits_for_a_session_s_index_load(store_url):
+    """A session starts loading the index at once; a repository closed
+    before that load is done cancels and awaits it, so nothing of it is
+    left pending to be destroyed with the loop (mid-request in the store)."""
+    async def go():
+        async with await Repository.open(store_url) as repo:
+            await repo.put_bytes(b"x" * 1000, "seed")
+        repo = await Repository.open(store_url)
+        session = repo.session()
+        await session.flush()
+        assert repo._background, "the session started no index load"
+        await repo.close()
+        return [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    assert run(go()) == []
+
+
 def test_config_is_fixed_at_creation(store_url):
     odd = StoreConfig(chunking=ChunkParams(4096, 8192, 65536, 14, 11), frame_size=256 * 1024)
 
