@@ -621,7 +621,7 @@ def test_s3_fast_requests_agree_with_botocore(s3_url):
                     await store.get("missing")
                 assert await store.head("missing") is None
                 assert await store.get("warm") == b""
-            assert fast.inner._fast is not None         # nothing made it give up
+            assert fast.inner._fast is not None and fast.inner._fast.proven   # nothing made it give up
     run(go())
 
 
@@ -644,6 +644,27 @@ def test_s3_fast_requests_give_way_to_botocore_when_refused(s3_url):
             fast = store.inner._fast
             assert fast is not None
             fast._credentials = WrongSecret(fast._credentials)
+            assert await store.put("k", b"data", if_absent=True) is True
+            assert store.inner._fast is None
+            assert await store.get("k") == b"data"
+            return store.metrics()
+    m = run(go())
+    assert m["total"]["errors"] == 0 and m["total"]["retries"] == 0
+
+
+@pytest.mark.s3
+def test_s3_fast_requests_that_never_connected_give_way_to_botocore(s3_url):
+    """Our requests fail to connect before any of them worked (as a proxy
+    or a CA bundle only botocore knows would make them): the request goes
+    through botocore, and so does everything after.  Once ours have
+    worked, a connection failure is the server's and is raised (the fault
+    tests kill the server under a proven fast path)."""
+    async def go():
+        async with open_store(s3_url) as store:
+            await store.inner._s3("put")           # connected, no request of ours yet
+            fast = store.inner._fast
+            assert fast is not None and not fast.proven
+            fast._host = f"127.0.0.1:{_free_port()}"      # nothing listens there
             assert await store.put("k", b"data", if_absent=True) is True
             assert store.inner._fast is None
             assert await store.get("k") == b"data"

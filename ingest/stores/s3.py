@@ -49,6 +49,8 @@ FAST_PUT_MAX = 1 << 20
 # something only botocore does (a redirect, another region, a signature it
 # reads differently): that request and all later ones go through botocore.
 _FAST_REFUSED_STATUS = {301, 302, 307, 400, 403}
+_PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy",
+                    "all_proxy")
 
 # Error codes from the S3 API that say "try again" (besides any 5xx status).
 _TRANSIENT_CODES = {
@@ -308,8 +310,9 @@ class S3Store(Store):
                                ) -> SignedRequests | None:
         """The fast path for this store, or None where it cannot sign as
         botocore would (no credentials, or a bucket URL with a query)."""
-        if "?" in bucket_url:
-            return None
+        if "?" in bucket_url or self._config.proxies or any(
+                os.environ.get(v) for v in _PROXY_VARIABLES):
+            return None                 # a proxy is botocore's to honour
         try:
             creds = await session.get_credentials()
         except bce.BotoCoreError:
@@ -331,6 +334,17 @@ class S3Store(Store):
             return True
         return False
 
+    def _unproven(self, fast: SignedRequests) -> bool:
+        """A failure other than an HTTP answer (connection, TLS, timeout)
+        before our requests ever worked here: the network may want what only
+        botocore does (its CA bundle, its settings), so botocore from now
+        on.  Once they have worked, such a failure is the server's, and
+        raised as it is."""
+        if fast.proven:
+            return False
+        self._fast = None
+        return True
+
     async def _put_object(self, client, k: str, body: "PartsBody", **kw) -> None:
         fast = self._fast
         if fast is not None and body.size <= FAST_PUT_MAX:
@@ -339,6 +353,9 @@ class S3Store(Store):
                 return
             except bce.ClientError as e:
                 if not self._refused(e):
+                    raise
+            except Exception:
+                if not self._unproven(fast):
                     raise
         await client.put_object(Bucket=self.bucket, Key=k, Body=body.reader(), **kw)
 
@@ -350,6 +367,9 @@ class S3Store(Store):
             except bce.ClientError as e:
                 if not self._refused(e):
                     raise
+            except Exception:
+                if not self._unproven(fast):
+                    raise
         return await client.get_object(Bucket=self.bucket, Key=k, **kw)
 
     async def _head_object(self, client, k: str) -> dict:
@@ -359,6 +379,9 @@ class S3Store(Store):
                 return await fast.head_object(Bucket=self.bucket, Key=k)
             except bce.ClientError as e:
                 if not self._refused(e):
+                    raise
+            except Exception:
+                if not self._unproven(fast):
                     raise
         return await client.head_object(Bucket=self.bucket, Key=k)
 

@@ -55,6 +55,10 @@ class SignedRequests:
         self._region = region
         self._credentials = credentials
         self._keys: dict[tuple[str, str], bytes] = {}     # (secret, date) -> signing key
+        # Set by the first answer that shows the way works (a success, or
+        # a 404, 412 or 416): until then any failure of ours is the
+        # caller's cue to use botocore instead (S3Store._unproven).
+        self.proven = False
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=max_connections),
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout,
@@ -110,6 +114,8 @@ class SignedRequests:
         except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError,
                 aiohttp.ClientPayloadError) as e:
             raise bce.ConnectionClosedError(endpoint_url=self.endpoint_url, error=e) from None
+        if status < 300 or status in (404, 412, 416):
+            self.proven = True
         if status >= 300:
             fields = dict(_ERROR_FIELD.findall(data[:4096])) if data else {}
             code = fields.get(b"Code", b"").decode("utf-8", "replace") or str(status)
