@@ -308,8 +308,9 @@ class S3Store(Store):
 
     async def _signed_requests(self, session, client, bucket_url: str, stack
                                ) -> SignedRequests | None:
-        """The fast path for this store, or None where it cannot sign as
-        botocore would (no credentials, or a bucket URL with a query)."""
+        """The fast path for this store, or None where it cannot do what
+        botocore would (no credentials, a bucket URL with a query, a proxy
+        to go through)."""
         if "?" in bucket_url or self._config.proxies or any(
                 os.environ.get(v) for v in _PROXY_VARIABLES):
             return None                 # a proxy is botocore's to honour

@@ -16,8 +16,10 @@ What stays with botocore: credentials (resolved and refreshed by the
 session: each request asks for the current frozen set), the bucket's URL
 (taken from the HeadBucket request botocore sends when the store connects,
 so addressing style and endpoint rules are botocore's), listings, deletes,
-large PUTs (packs), and every request after the server refuses one of ours
-(S3Store.fast_refused): a signature, region or redirect answer means this
+large PUTs (packs), every request under a proxy, and every request after
+the server refuses one of ours or ours fail before any worked
+(S3Store._refused, S3Store._unproven): a signature, region or redirect
+answer, or a connection that only botocore's settings make, means this
 endpoint wants something only botocore does.
 
 Integrity is as botocore's: the payload's SHA-256 is signed (the server
@@ -30,6 +32,7 @@ import base64
 import datetime
 import hashlib
 import hmac
+import html
 import re
 import zlib
 from urllib.parse import quote, urlsplit
@@ -118,8 +121,8 @@ class SignedRequests:
             self.proven = True
         if status >= 300:
             fields = dict(_ERROR_FIELD.findall(data[:4096])) if data else {}
-            code = fields.get(b"Code", b"").decode("utf-8", "replace") or str(status)
-            message = fields.get(b"Message", b"").decode("utf-8", "replace")
+            code = html.unescape(fields.get(b"Code", b"").decode("utf-8", "replace")) or str(status)
+            message = html.unescape(fields.get(b"Message", b"").decode("utf-8", "replace"))
             raise bce.ClientError({"Error": {"Code": code, "Message": message},
                                    "ResponseMetadata": {"HTTPStatusCode": status,
                                                         "HTTPHeaders": hdrs}}, op)
