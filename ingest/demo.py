@@ -66,9 +66,15 @@ async def run_demo(store: str, *, scale: float = 0.25, workdir: str | None = Non
         new = sum(r[3] for r in rows)
         stored = sum(r[4] for r in rows)
         print()
-        print(f"input {human(total)}; new after dedup {human(new)} ({new / total:.1%}); "
-              f"stored after compression {human(stored)} ({stored / total:.1%} of input, "
-              f"{total / max(stored, 1):.2f}x smaller)")
+        if stored == 0:
+            # A store that already holds every byte (an earlier demo into the
+            # default store): dedup took all of it, and a ratio would be silly.
+            print(f"input {human(total)}; all of it was already in {store}, nothing new "
+                  f"stored (an earlier run? --store DIR starts from an empty one)")
+        else:
+            print(f"input {human(total)}; new after dedup {human(new)} ({new / total:.1%}); "
+                  f"stored after compression {human(stored)} ({stored / total:.1%} of input, "
+                  f"{total / stored:.2f}x smaller)")
         return 0 if rep.ok else 1
 
 

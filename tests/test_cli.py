@@ -160,3 +160,15 @@ def test_verify_detects_bit_flip(tmp_path, tree):
         else:
             assert out.read_bytes() == (tree / "train" / f"part-{i}.bin").read_bytes()
     assert failed
+
+
+def test_demo_twice_into_one_store(tmp_path):
+    """`ingest demo` restores and verifies what it ingested (exit 0); run
+    again into the same store, every byte dedups and it says so, instead
+    of a ratio over zero stored bytes."""
+    store = tmp_path / "store"
+    first = ingest("demo", "--scale", "0.02", store=store)
+    out = first.stdout.decode()
+    assert "restored byte-exact" in out and "verify: ok" in out and "x smaller" in out
+    second = ingest("demo", "--scale", "0.02", store=store).stdout.decode()
+    assert "verify: ok" in second and "nothing new stored" in second and "x smaller" not in second
