@@ -674,6 +674,21 @@ def test_s3_fast_requests_that_never_connected_give_way_to_botocore(s3_url):
 
 
 @pytest.mark.s3
+def test_s3_fast_requests_stay_off_under_a_proxy(s3_url, monkeypatch):
+    """With a proxy in the environment every request is botocore's, which
+    honours it (this one is for https only, so the http endpoint is reached
+    directly either way)."""
+    monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{_free_port()}")
+
+    async def go():
+        async with open_store(s3_url) as store:
+            assert await store.put("k", b"data") is True
+            assert await store.get("k") == b"data"
+            return store.inner._fast
+    assert run(go()) is None
+
+
+@pytest.mark.s3
 def test_s3_prefix_isolates_stores(s3_url):
     bucket_url = s3_url.rsplit("/", 1)[0]
 
