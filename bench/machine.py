@@ -2,10 +2,10 @@
 """What memory costs on this machine: the first touch of a page in a new process.
 
 On the shared VMs this project is measured on, a page of memory that a new
-process touches for the first time cost 8-13 us (the host backs it then),
-against ~0.5 us for a page the process freed and touched again: 128 MiB of
-fresh memory is ~0.3-0.4 s, as long as a whole phase of the end-to-end
-benchmark.  Both tools pay it for every page they touch (heap, and the page
+process touches for the first time cost 0.5-9 us (the host backs it then:
+8-9 us after a few idle seconds), against ~0.02 us for a page the process
+touches again: at the dear end 128 MiB of fresh memory is ~0.3 s, as long
+as a whole phase of the end-to-end benchmark.  Both tools pay it for every page they touch (heap, and the page
 cache of every file a restore writes), so it does not favour either, but it
 moves the absolute figures from run to run and doubles a restore's CPU
 seconds.  `bench/e2e.py` runs this probe before its first corpus and records
@@ -17,7 +17,7 @@ Reported, each the median over --runs new processes (us per 4 KiB page):
   anon first    np.empty(MiB) touched once per page, in a new process
   anon again    the same pages touched again (no fault)
   anon reused   a second buffer of the same size after the first was freed
-                (glibc hands the process's freed pages back: no host fault)
+                (with ingest.tune_malloc, glibc keeps the freed pages: no fault)
   file new      writing a new file of MiB bytes in --dir (page cache pages
                 the kernel allocates fresh), per page, no fsync
   file after delete  the file deleted, then a second one written (the
@@ -34,8 +34,6 @@ import subprocess
 import sys
 import tempfile
 
-PAGE = 4096
-
 _CHILD = r"""
 import json, os, sys, time
 import numpy as np
@@ -47,14 +45,10 @@ a = np.empty(n, np.uint8)
 t = time.perf_counter(); a[::4096] = 1; out["anon_first"] = time.perf_counter() - t
 t = time.perf_counter(); a[::4096] = 2; out["anon_again"] = time.perf_counter() - t
 del a
-# Below glibc's mmap threshold each piece comes from the heap, so freed
-# pieces are reused by the next buffer rather than unmapped.
-import ctypes
-try:
-    ctypes.CDLL("libc.so.6").mallopt(-3, 32 << 20)   # M_MMAP_THRESHOLD
-    ctypes.CDLL("libc.so.6").mallopt(-1, 1 << 30)    # M_TRIM_THRESHOLD
-except OSError:
-    pass
+# As the engine's processes run: 8 MiB pieces come from the heap and the
+# freed ones are kept for the next buffer, not unmapped.
+from ingest import tune_malloc
+tune_malloc()
 bufs = [np.empty(8 << 20, np.uint8) for _ in range(max(n // (8 << 20), 1))]
 for b in bufs:
     b[::4096] = 1
@@ -66,8 +60,8 @@ for b in bufs:
 out["anon_reused"] = time.perf_counter() - t
 del bufs, b
 block = os.urandom(1 << 20)
-def write_file(name):
-    fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+def write_file(name, flags=os.O_CREAT | os.O_TRUNC):
+    fd = os.open(name, os.O_WRONLY | flags, 0o600)
     t = time.perf_counter()
     for _ in range(mib):
         os.write(fd, block)
@@ -77,12 +71,7 @@ def write_file(name):
 out["file_new"] = write_file(path + ".a")
 os.unlink(path + ".a")                  # its page cache is freed, then reused by .b
 out["file_after_delete"] = write_file(path + ".b")
-fd = os.open(path + ".b", os.O_WRONLY)
-t = time.perf_counter()
-for _ in range(mib):
-    os.write(fd, block)
-out["file_rewrite"] = time.perf_counter() - t
-os.close(fd)
+out["file_rewrite"] = write_file(path + ".b", 0)     # in place over its cached pages
 os.unlink(path + ".b")
 print(json.dumps({k: v / pages * 1e6 for k, v in out.items()}))
 """

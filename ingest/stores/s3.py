@@ -239,7 +239,6 @@ class S3Store(Store):
         self.conditional_put = conditional_put
         self.fast_requests = fast_requests
         self._fast: SignedRequests | None = None
-        self._connect_timeout, self._read_timeout = connect_timeout, read_timeout
         self._config = AioConfig(
             max_pool_connections=max_concurrency,
             connect_timeout=connect_timeout,
@@ -322,8 +321,8 @@ class S3Store(Store):
             return None
         fast = SignedRequests(bucket_url, client.meta.region_name or "us-east-1", creds,
                               max_connections=self.max_concurrency,
-                              connect_timeout=self._connect_timeout,
-                              read_timeout=self._read_timeout)
+                              connect_timeout=self._config.connect_timeout,
+                              read_timeout=self._config.read_timeout)
         stack.push_async_callback(fast.close)
         return fast
 
@@ -346,45 +345,28 @@ class S3Store(Store):
         self._fast = None
         return True
 
+    async def _object_call(self, op: str, client, k: str, fast_kw: dict, boto_kw: dict,
+                           small: bool = True):
+        """Object request `op` (get_object, head_object, put_object) through
+        our own signed requests when they are on (and `small`), else, or
+        when they give way (_refused, _unproven), through botocore."""
+        fast = self._fast
+        if fast is not None and small:
+            try:
+                return await getattr(fast, op)(Key=k, **fast_kw)
+            except bce.ClientError as e:
+                if not self._refused(e):
+                    raise
+            except Exception:
+                if not self._unproven(fast):
+                    raise
+        return await getattr(client, op)(Bucket=self.bucket, Key=k, **boto_kw)
+
     async def _put_object(self, client, k: str, body: "PartsBody", **kw) -> None:
-        fast = self._fast
-        if fast is not None and body.size <= FAST_PUT_MAX:
-            try:
-                await fast.put_object(Bucket=self.bucket, Key=k, Body=body.joined(), **kw)
-                return
-            except bce.ClientError as e:
-                if not self._refused(e):
-                    raise
-            except Exception:
-                if not self._unproven(fast):
-                    raise
-        await client.put_object(Bucket=self.bucket, Key=k, Body=body.reader(), **kw)
-
-    async def _get_object(self, client, k: str, **kw) -> dict:
-        fast = self._fast
-        if fast is not None:
-            try:
-                return await fast.get_object(Bucket=self.bucket, Key=k, **kw)
-            except bce.ClientError as e:
-                if not self._refused(e):
-                    raise
-            except Exception:
-                if not self._unproven(fast):
-                    raise
-        return await client.get_object(Bucket=self.bucket, Key=k, **kw)
-
-    async def _head_object(self, client, k: str) -> dict:
-        fast = self._fast
-        if fast is not None:
-            try:
-                return await fast.head_object(Bucket=self.bucket, Key=k)
-            except bce.ClientError as e:
-                if not self._refused(e):
-                    raise
-            except Exception:
-                if not self._unproven(fast):
-                    raise
-        return await client.head_object(Bucket=self.bucket, Key=k)
+        small = body.size <= FAST_PUT_MAX
+        await self._object_call("put_object", client, k,
+                                dict(kw, Body=body.joined()) if small else kw,
+                                dict(kw, Body=body.reader()), small)
 
     async def _check_bucket(self, client, op: str, key: str) -> None:
         try:
@@ -546,7 +528,7 @@ class S3Store(Store):
             if start or end is not None:
                 kwargs["Range"] = f"bytes={start}-{'' if end is None else end - 1}"
             try:
-                resp = await self._get_object(client, k, **kwargs)
+                resp = await self._object_call("get_object", client, k, kwargs, kwargs)
             except bce.ClientError as e:
                 code, status = _code(e)
                 if code in ("NoSuchKey", "404") or (status == 404 and code != "NoSuchBucket"):
@@ -583,7 +565,7 @@ class S3Store(Store):
 
     async def _head(self, client, k: str, key: str) -> ObjectInfo | None:
         try:
-            resp = await self._head_object(client, k)
+            resp = await self._object_call("head_object", client, k, {}, {})
         except bce.ClientError as e:
             if _code(e)[1] == 404:
                 return None

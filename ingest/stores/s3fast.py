@@ -46,7 +46,8 @@ _ERROR_FIELD = re.compile(rb"<(Code|Message)>([^<]*)</\1>")
 
 
 class SignedRequests:
-    """GetObject, HeadObject and PutObject against one bucket's URL."""
+    """GetObject, HeadObject and PutObject against one bucket's URL (so no
+    Bucket argument), taking and answering what botocore's client does."""
 
     def __init__(self, bucket_url: str, region: str, credentials, *, max_connections: int,
                  connect_timeout: float, read_timeout: float) -> None:
@@ -75,18 +76,18 @@ class SignedRequests:
         await self._session.close()
 
     # -- the three operations, answering as botocore's client does -----------------
-    async def get_object(self, *, Bucket: str, Key: str, Range: str | None = None) -> dict:
+    async def get_object(self, *, Key: str, Range: str | None = None) -> dict:
         headers = {"range": Range} if Range else {}
         status, hdrs, body = await self._request("GET", Key, headers, b"", EMPTY_SHA256, "GetObject")
         return {"Body": _Body(body), "ContentLength": len(body),
                 "ResponseMetadata": {"HTTPStatusCode": status, "HTTPHeaders": hdrs}}
 
-    async def head_object(self, *, Bucket: str, Key: str) -> dict:
+    async def head_object(self, *, Key: str) -> dict:
         status, hdrs, _ = await self._request("HEAD", Key, {}, b"", EMPTY_SHA256, "HeadObject")
         return {"ContentLength": int(hdrs.get("content-length", 0)),
                 "ResponseMetadata": {"HTTPStatusCode": status, "HTTPHeaders": hdrs}}
 
-    async def put_object(self, *, Bucket: str, Key: str, Body: bytes,
+    async def put_object(self, *, Key: str, Body: bytes,
                          IfNoneMatch: str | None = None) -> dict:
         headers = {"x-amz-checksum-crc32":
                    base64.b64encode(zlib.crc32(Body).to_bytes(4, "big")).decode()}
