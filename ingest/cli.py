@@ -75,7 +75,8 @@ async def cmd_put(args) -> int:
 
 
 async def cmd_get(args) -> int:
-    async with await Repository.open(store_url(args), create=False) as repo:
+    async with await Repository.open(store_url(args), create=False,
+                                     direct_writes=args.direct) as repo:
         if args.name.endswith("/"):
             names = await repo.restore_tree(args.name, args.output)
             if not args.quiet:
@@ -186,6 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", metavar="FILE_ID_OR_REF")
     p.add_argument("-o", "--output", required=True, metavar="OUT")
     p.add_argument("-q", "--quiet", action="store_true")
+    p.add_argument("--buffered", dest="direct", action="store_false",
+                   help="write every file through the page cache (by default files of "
+                        "16 MiB or more bypass it with O_DIRECT where the file system allows)")
     p.set_defaults(fn=cmd_get)
 
     p = sub.add_parser("cat", parents=[store], help="write a file or byte range to stdout")

@@ -33,6 +33,7 @@ from .index import ChunkIndex, decode_shard
 from .manifest import PREFIX as FILES_PREFIX
 from .manifest import Manifest
 from .manifest import key as manifest_key
+from .output import DIRECT_MIN, OutputFile, StagePool
 from .pack import TRAILER, check_frame, check_header, footer_location, parse_footer
 from .pipeline import (PACK_PREFIX, IngestResult, WriteSession, pack_key, scan_small_file,
                        scan_small_files)
@@ -77,10 +78,14 @@ class VerifyReport:
 
 class Repository:
     def __init__(self, store: Store, config: StoreConfig, *, workers: int | None = None,
-                 switch_interval: float | None = gil.SWITCH_INTERVAL) -> None:
+                 switch_interval: float | None = gil.SWITCH_INTERVAL,
+                 direct_writes: bool = True) -> None:
         """`switch_interval`: at most this many seconds of the interpreter's
         switch interval while the repository is open (ingest.gil says why);
-        None leaves the host's alone."""
+        None leaves the host's alone.  `direct_writes`: restore() writes
+        files of ingest.output.DIRECT_MIN bytes or more around the page
+        cache (O_DIRECT) where the file system allows; False writes every
+        file through the page cache."""
         self.store = store
         self.config = config
         self.index = ChunkIndex()
@@ -90,6 +95,8 @@ class Repository:
         self.stored_manifests: dict[bytes, None] = {}   # see pipeline._MetaWriter.known
         self.frame_cache = FrameCache(FRAME_CACHE_BYTES)
         self.block_buffers: list[memoryview] = []   # reused by write sessions
+        self.direct_writes = direct_writes
+        self.stages = StagePool()                    # reused by restore()
         # The index is loaded by the first write (index_ready), not at open:
         # reading files never needs it, and at scale it is the store's
         # largest metadata.
@@ -104,10 +111,12 @@ class Repository:
     @classmethod
     async def open(cls, store: str | os.PathLike | Store, *, create: bool = True,
                    config: StoreConfig | None = None, workers: int | None = None,
-                   switch_interval: float | None = gil.SWITCH_INTERVAL) -> "Repository":
+                   switch_interval: float | None = gil.SWITCH_INTERVAL,
+                   direct_writes: bool = True) -> "Repository":
         """Open the store at a URL or path (creating it if `create`) and read
         its config.  The index is loaded by the first write (index_ready):
-        reading files never needs it.  `switch_interval`: see __init__."""
+        reading files never needs it.  `switch_interval`, `direct_writes`:
+        see __init__."""
         if not isinstance(store, Store):
             url = os.fspath(store)
             local = "://" not in url or url.startswith("file://")
@@ -122,7 +131,8 @@ class Repository:
                 # if-absent: two writers creating one store agree on one config.
                 await store.put(CONFIG_KEY, (config or StoreConfig()).encode(), if_absent=True)
                 cfg = StoreConfig.decode(await store.get(CONFIG_KEY))
-            repo = cls(store, cfg, workers=workers, switch_interval=switch_interval)
+            repo = cls(store, cfg, workers=workers, switch_interval=switch_interval,
+                       direct_writes=direct_writes)
         except BaseException:
             await store.close()
             raise
@@ -185,6 +195,7 @@ class Repository:
         if running:
             await asyncio.gather(*running, return_exceptions=True)
         self.executor.shutdown(wait=False, cancel_futures=True)
+        self.stages.close()
         if self._switch_interval is not None:
             self._switch_interval = None
             gil.release()
@@ -426,6 +437,11 @@ class Repository:
         flight, and decoded in one pool call; every chunk is checked against
         its id before a byte of it is returned."""
         _, m = await self.resolve(name)
+        async for b in self._iter_manifest(m, start, end):
+            yield b
+
+    async def _iter_manifest(self, m: Manifest, start: int = 0, end: int | None = None
+                             ) -> AsyncIterator[bytes | memoryview]:
         end = m.size if end is None else min(end, m.size)
         if start < 0 or end < 0:
             raise ValueError("negative range")
@@ -498,10 +514,14 @@ class Repository:
 
     async def restore(self, name: str, out: str | os.PathLike) -> int:
         """Write a file to `out` (through a temporary file, renamed when
-        complete and verified); returns its size."""
+        complete and verified); returns its size.  Files of DIRECT_MIN
+        bytes or more are written with O_DIRECT where the file system
+        allows it and `direct_writes` is on (ingest.output says why)."""
         out = Path(out)
         tmp = _tmp_path(out)
-        batches = _write_batches(self.iter_read(name))
+        _, m = await self.resolve(name)
+        direct = self.direct_writes and m.size >= DIRECT_MIN
+        batches = _write_batches(self._iter_manifest(m))
         try:
             first, second = ([], 0), None
             async for b in batches:                # the first two batches, if there are two
@@ -510,30 +530,34 @@ class Repository:
                 else:
                     second = b
                     break
-            if second is None:
+            if second is None and not direct:
                 # The whole file is in hand (most files of a tree): open, write
                 # and rename in one thread hop instead of three.
                 await asyncio.to_thread(_write_files, [(out, first[0])])
                 return first[1]
-            try:
-                f = await asyncio.to_thread(open, tmp, "wb")
-            except OSError as e:
-                raise IngestError(f"cannot write {out}: {e.strerror}") from None
+            stage = self.stages.take()
+            f = None
             n = 0
             try:
-                with f:
-                    for batch, size in (first, second):
-                        await asyncio.to_thread(_write_all, f, batch)
+                try:
+                    f = await _in_thread(OutputFile, tmp, stage, direct, undo=OutputFile.close)
+                    for batch, size in (first, second or ([], 0)):
+                        await _in_thread(f.write, batch)
                         n += size
                     async for batch, size in batches:
-                        await asyncio.to_thread(_write_all, f, batch)
+                        await _in_thread(f.write, batch)
                         n += size
+                    await _in_thread(f.finish)
+                finally:
+                    if f is not None:
+                        f.close()
+                    self.stages.give(stage)
                 os.replace(tmp, out)
+            except OSError as e:
+                _unlink_quietly(tmp)
+                raise IngestError(f"cannot write {out}: {e.strerror}") from None
             except BaseException:
-                try:
-                    os.unlink(tmp)
-                except OSError:
-                    pass
+                _unlink_quietly(tmp)
                 raise
             return n
         finally:
@@ -1110,9 +1134,26 @@ def _make_dirs(dirs) -> None:
         d.mkdir(parents=True, exist_ok=True)
 
 
-def _write_all(f, blocks: list) -> None:
-    for b in blocks:
-        f.write(b)
+async def _in_thread(fn, *args, undo=None):
+    """asyncio.to_thread, except that a cancelled caller still waits for
+    the thread to be done (it may be using a buffer that is given back, to
+    be reused, once the caller is gone) and then passes what the call
+    returned, if it returned, to `undo`."""
+    fut = asyncio.ensure_future(asyncio.to_thread(fn, *args))
+    try:
+        return await asyncio.shield(fut)
+    except asyncio.CancelledError:
+        await asyncio.wait([fut])
+        if not fut.cancelled() and fut.exception() is None and undo is not None:
+            undo(fut.result())
+        raise
+
+
+def _unlink_quietly(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
 
 
 def stream_reader(stream):

@@ -172,3 +172,19 @@ def test_demo_twice_into_one_store(tmp_path):
     assert "restored byte-exact" in out and "verify: ok" in out and "x smaller" in out
     second = ingest("demo", "--scale", "0.02", store=store).stdout.decode()
     assert "verify: ok" in second and "nothing new stored" in second and "x smaller" not in second
+
+
+@pytest.mark.parametrize("flags", [[], ["--buffered"]])
+def test_get_large_file_direct_or_buffered(tmp_path, flags):
+    """A file past ingest.output.DIRECT_MIN comes back byte-exact whether
+    it bypasses the page cache (the default) or not (--buffered)."""
+    from ingest.output import DIRECT_MIN
+    src = tmp_path / "big.bin"
+    src.write_bytes(np.random.default_rng(1).integers(0, 256, DIRECT_MIN + 12345,
+                                                      dtype=np.uint8).tobytes())
+    store = tmp_path / "s"
+    ingest("put", src, store=store)
+    out = tmp_path / "out.bin"
+    ingest("get", *flags, "big.bin", "-o", out, store=store)
+    assert out.read_bytes() == src.read_bytes()
+    assert not list(tmp_path.glob(".*ingest-tmp"))
