@@ -834,29 +834,36 @@ class WriteSession:
         await self._run(sha.update, data)
 
     async def commit(self, w: _Written, ref: str | None = None, *,
-                     flush: bool = True) -> IngestResult:
+                     flush: bool = True, named: bytes | None = None) -> IngestResult:
         """Wait until every pack the file uses is stored, then write its
         manifest and ref.  With `flush`, seal the open pack now instead of
         waiting for it to fill (a single upload wants its answer now; a tree
-        of files shares packs and flushes once at the end)."""
+        of files shares packs and flushes once at the end).  `named`: the
+        file id a tree being replaced gave this file's name; if it is this
+        file's, its manifest is stored (the tree was written after it) and
+        nothing is written."""
         await self._stored(w.deferred.frames, flush)
         fid, build = self._identify(w)
-        await self._meta.write(fid, build, ref, w.size, w.sha256)
+        if fid != named:
+            await self._meta.write(fid, build, ref, w.size, w.sha256)
         return _result(w, ref, fid)
 
-    async def commit_many(self, ws: list[_Written], refs: list[str | None]
+    async def commit_many(self, ws: list[_Written], refs: list[str | None],
+                          named: list[bytes | None] | None = None
                           ) -> list[IngestResult | BaseException]:
         """commit() of many files at once (a batch of a tree's small files,
         which mostly share their frames and packs): each frame and pack is
         waited for once, and the manifests and refs go to the meta writer
         together.  Per file its result, or the error that failed it (a
         failing file does not fail the others)."""
+        named = named or [None] * len(ws)
         try:
             await self._stored([fr for w in ws for fr in w.deferred.frames], False)
         except Exception:
             # Some frame or pack failed: which files does it fail?
-            return await asyncio.gather(*(self.commit(w, ref, flush=False)
-                                          for w, ref in zip(ws, refs)), return_exceptions=True)
+            return await asyncio.gather(*(self.commit(w, ref, flush=False, named=nm)
+                                          for w, ref, nm in zip(ws, refs, named)),
+                                        return_exceptions=True)
         out: list = [None] * len(ws)
         todo, items = [], []
         for k, (w, ref) in enumerate(zip(ws, refs)):
@@ -864,6 +871,9 @@ class WriteSession:
                 fid, build = self._identify(w)
             except Exception as e:
                 out[k] = e
+                continue
+            if fid == named[k]:
+                out[k] = _result(w, ref, fid)
                 continue
             todo.append((k, fid))
             items.append((fid, build, ref, w.size, w.sha256))

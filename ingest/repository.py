@@ -14,6 +14,7 @@ import logging
 import os
 import stat
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -38,8 +39,9 @@ from .pack import TRAILER, check_frame, check_header, footer_location, parse_foo
 from .pipeline import (PACK_PREFIX, IngestResult, WriteSession, pack_key, scan_small_file,
                        scan_small_files)
 from .refs import PREFIX as REFS_PREFIX
-from .refs import Ref, check_name
+from .refs import TREES_PREFIX, Ref, Tree, TreeEntry, TreeRef, ancestors, check_name, decode_ref
 from .refs import key as ref_key
+from .refs import tree_key
 from .stores import ObjectNotFound, Store, open_store
 
 log = logging.getLogger("ingest")
@@ -60,6 +62,7 @@ SMALL_BATCH_BYTES = 4 << 20
 RESTORE_BATCH = 64            # files whose manifests restore_many reads at once
 RESTORE_BATCH_BYTES = 8 << 20  # small files restored in one pool call, about this much
 FRAME_CACHE_BYTES = 64 << 20   # decoded frames kept for reuse by later reads (FrameCache)
+TREES_CACHED = 16              # decoded trees kept by id (immutable) for name lookups
 
 
 @dataclass
@@ -94,6 +97,7 @@ class Repository:
         self._manifests: dict[bytes, Manifest] = {}
         self.stored_manifests: dict[bytes, None] = {}   # see pipeline._MetaWriter.known
         self.frame_cache = FrameCache(FRAME_CACHE_BYTES)
+        self._trees: OrderedDict[bytes, Tree] = OrderedDict()   # by tree id (immutable)
         self.block_buffers: list[memoryview] = []   # reused by write sessions
         self.direct_writes = direct_writes
         self.stages = StagePool()                    # reused by restore()
@@ -263,10 +267,13 @@ class Repository:
                        planned: list[tuple[str, str, int]] | None = None) -> list[IngestResult]:
         """Ingest files and directories (recursively).  A file's ref is its
         name; a directory's files get DIRNAME/relative/path, as `cp -r` would
-        name them.  Every path is checked before anything is written; the
-        tree is walked in a thread, not on the event loop.  `planned`: what
-        `plan_tree_sized(paths)` returned, so the tree is not walked again
-        (`paths` is then not read)."""
+        name them, through one tree ref at DIRNAME (docs/FORMAT.md 9.2):
+        the directory's names are then exactly its files, whatever was
+        named under DIRNAME/ before, and they appear together, once every
+        file is stored, when this returns.  Every path is checked before
+        anything is written; the tree is walked in a thread, not on the
+        event loop.  `planned`: what `plan_tree_sized(paths)` returned, so
+        the tree is not walked again (`paths` is then not read)."""
         # The session first: it starts loading the index, beside the walk.
         s = self.session(sha256=sha256)
         if planned is None:
@@ -274,6 +281,18 @@ class Repository:
             planned = await asyncio.to_thread(plan_tree_sized, paths)
         if not planned:
             return []
+        # A directory's files (refs DIRNAME/...) are named by its tree, not
+        # each by a ref.  The tree they replace, if any, tells which of their
+        # manifests are stored already (written before it named them).
+        roots = sorted({ref.split("/", 1)[0] for _, ref, _ in planned if "/" in ref})
+        old_trees = await self._old_trees(roots)
+        commit_ref = [None if "/" in ref else ref for _, ref, _ in planned]
+        named: list[bytes | None] = [None] * len(planned)
+        for i, (_, ref, _) in enumerate(planned):
+            root, sep, rel = ref.partition("/")
+            if sep and root in old_trees:
+                e = old_trees[root][1].get(rel)
+                named[i] = e and e.file_id
         slots = asyncio.Semaphore(FILES_IN_FLIGHT)
         results: list[IngestResult | None] = [None] * len(planned)
         writes_left = len(planned)
@@ -287,7 +306,8 @@ class Repository:
 
         async def commit(i: int, w, ref: str) -> None:
             # Commits wait outside the slots for packs shared with later files.
-            results[i] = r = await s.commit(w, ref, flush=False)
+            results[i] = r = await s.commit(w, commit_ref[i], flush=False, named=named[i])
+            r.ref = ref
             if on_result:
                 on_result(r)
 
@@ -330,12 +350,14 @@ class Repository:
             try:
                 # Committed together: the batch's files mostly wait for the
                 # same frames and pack.
-                got = await s.commit_many(ws, [job[2] for job, _ in small])
+                got = await s.commit_many(ws, [commit_ref[job[0]] for job, _ in small],
+                                          [named[job[0]] for job, _ in small])
                 failed = None
                 for (job, _), r in zip(small, got):
                     if isinstance(r, BaseException):
                         failed = failed or r
                         continue
+                    r.ref = job[2]
                     results[job[0]] = r
                     if on_result:
                         on_result(r)
@@ -362,7 +384,43 @@ class Repository:
             await asyncio.gather(*tasks, return_exceptions=True)
             await _quiet_flush(s)
             raise
-        return [r for r in results if r is not None]
+        done = [r for r in results if r is not None]
+        if roots:
+            await self._name_trees(roots, old_trees, done)
+        return done
+
+    async def _old_trees(self, roots: list[str]) -> dict[str, tuple[TreeRef, Tree]]:
+        """The trees at these names, where trees are there (a damaged one is
+        left out: it is replaced, and nothing is taken from it)."""
+        out: dict[str, tuple[TreeRef, Tree]] = {}
+        for name, data in zip(roots, await self.store.get_many([ref_key(r) for r in roots])):
+            if data is None:
+                continue
+            try:
+                r = decode_ref(name, data)
+                if isinstance(r, TreeRef):
+                    out[name] = (r, await self._load_tree(bytes.fromhex(r.tree_id), name))
+            except IngestError:
+                continue
+        return out
+
+    async def _name_trees(self, roots: list[str], old: dict[str, tuple[TreeRef, Tree]],
+                          results: list[IngestResult]) -> None:
+        """Write each root's tree and tree ref (every manifest is stored by
+        now), then delete the ref objects below it that would hide its
+        names: what a tree names is what the directory held."""
+        entries: dict[str, dict[str, TreeEntry]] = {r: {} for r in roots}
+        for r in results:
+            root, sep, rel = r.ref.partition("/")
+            if sep:        # a path listed twice: the later one, as a later ref would
+                entries[root][rel] = TreeEntry(rel, bytes.fromhex(r.file_id), r.size,
+                                               r.sha256 and bytes.fromhex(r.sha256))
+        for root in roots:
+            prev = old.get(root)
+            await self._put_tree_ref(root, Tree.of(entries[root].values()), prev and prev[0])
+            below = [o.key async for o in self.store.list(ref_key(root) + "/")]
+            for key in below:
+                await self.store.delete(key)
 
     async def _write_path(self, s: WriteSession, path: str | os.PathLike, progress):
         try:
@@ -422,11 +480,86 @@ class Repository:
         self._manifests[fid] = m
 
     async def get_ref(self, name: str) -> Ref:
+        """The file a name gives: its own ref, or its entry in the tree of
+        the nearest ancestor that has a ref object (docs/FORMAT.md 9.3)."""
+        (got,) = await self._lookup_many([name])
+        if isinstance(got, BaseException):
+            raise got
+        return got
+
+    async def _lookup_many(self, names: list[str]) -> list:
+        """get_ref of many names, with one batch read of every ref object
+        they need (each name and its ancestors); per name its Ref, or the
+        NotFound or FormatError that get_ref would raise."""
+        chains = [[check_name(n), *ancestors(n)] for n in names]
+        # The names first; the ancestors only of names without a ref of
+        # their own (a file ref, the common case, costs one read).
+        keys = list(dict.fromkeys(ref_key(n) for n in names))
+        datas = dict(zip(keys, await self.store.get_many(keys)))
+        up = list(dict.fromkeys(ref_key(a) for chain in chains if datas[ref_key(chain[0])] is None
+                                for a in chain[1:]))
+        up = [k for k in up if k not in datas]
+        if up:
+            datas.update(zip(up, await self.store.get_many(up)))
+        decoded: dict[str, object] = {}
+
+        def ref_at(name: str):
+            if name not in decoded:
+                data = datas[ref_key(name)]
+                try:
+                    decoded[name] = None if data is None else decode_ref(name, data)
+                except IngestError as e:
+                    decoded[name] = e
+            return decoded[name]
+
+        out: list = []
+        wanted: dict[bytes, list[tuple[int, str, TreeRef]]] = {}
+        for i, chain in enumerate(chains):
+            name = chain[0]
+            out.append(NotFound(f"no such file or ref: {name}"))
+            for at in chain:
+                r = ref_at(at)
+                if r is None:
+                    continue
+                if isinstance(r, BaseException):
+                    out[i] = r
+                elif isinstance(r, Ref):
+                    if at == name:
+                        out[i] = r
+                elif at == name:
+                    out[i] = NotFound(f"{name} is a tree of {r.files} files, not a file "
+                                      f"(name one of them, or restore {name}/)")
+                else:
+                    wanted.setdefault(bytes.fromhex(r.tree_id), []).append((i, at, r))
+                break
+        for tid, uses in wanted.items():
+            try:
+                tree = await self._load_tree(tid, uses[0][2].name)
+            except IngestError as e:
+                for i, _, _ in uses:
+                    out[i] = e
+                continue
+            for i, at, tref in uses:
+                e = tree.get(chains[i][0][len(at) + 1:])
+                if e is not None:
+                    out[i] = Ref(chains[i][0], e.file_id.hex(), e.size,
+                                 e.sha256 and e.sha256.hex(), tref.time)
+        return out
+
+    async def _load_tree(self, tid: bytes, name: str) -> Tree:
+        tree = self._trees.get(tid)
+        if tree is not None:
+            self._trees.move_to_end(tid)
+            return tree
         try:
-            data = await self.store.get(ref_key(name))
+            data = await self.store.get(tree_key(tid))
         except ObjectNotFound:
-            raise NotFound(f"no such file or ref: {name}") from None
-        return Ref.decode(name, data)
+            raise IntegrityError(f"ref {name}: its tree {tid.hex()} is missing") from None
+        tree = await self._run(Tree.decode, data, f"tree {tid.hex()}", tid)
+        self._trees[tid] = tree
+        while len(self._trees) > TREES_CACHED:
+            self._trees.popitem(last=False)
+        return tree
 
     async def iter_read(self, name: str, start: int = 0, end: int | None = None
                         ) -> AsyncIterator[bytes | memoryview]:
@@ -657,11 +790,10 @@ class Repository:
         fids: list[bytes | None] = [hashing.parse_hex_id(n) for n in names]
         named = [i for i, f in enumerate(fids) if f is None]
         if named:
-            datas = await self.store.get_many([ref_key(names[i]) for i in named])
-            for i, data in zip(named, datas):
-                if data is None:
-                    raise NotFound(f"no such file or ref: {names[i]}")
-                fids[i] = bytes.fromhex(Ref.decode(names[i], data).file_id)
+            for i, got in zip(named, await self._lookup_many([names[i] for i in named])):
+                if isinstance(got, BaseException):
+                    raise got
+                fids[i] = bytes.fromhex(got.file_id)
         return fids          # type: ignore[return-value]
 
     async def _restore_small(self, group: list[tuple[int, Path, Manifest]]) -> list[tuple[int, int]]:
@@ -711,34 +843,97 @@ class Repository:
         return got
 
     async def list_refs(self, prefix: str = "") -> list[Ref]:
+        """Every name that starts with `prefix`, as get_ref would resolve
+        it: file refs, and the entries of trees (listed under the prefix or
+        above it), less those a deeper ref object hides; sorted by name."""
         # Read in batches of 256 (one thread hop each on the local store):
         # one get per ref was most of `ingest ls` on a tree of small files.
-        refs: list[Ref] = []
+        found: dict[str, Ref | TreeRef] = {}
         keys: list[str] = []
 
         async def read() -> None:
             for key, data in zip(keys, await self.store.get_many(keys)):
                 if data is not None:            # None: deleted while listing
-                    refs.append(Ref.decode(key[len(REFS_PREFIX):], data))
+                    name = key[len(REFS_PREFIX):]
+                    found[name] = decode_ref(name, data)
             keys.clear()
 
         async for o in self.store.list(REFS_PREFIX + prefix):
             keys.append(o.key)
             if len(keys) >= 256:
                 await read()
+        # Trees above the prefix may hold names under it.
+        above = ancestors(prefix + "x") if prefix else []
+        keys += [ref_key(a) for a in above]
         if keys:
             await read()
-        return refs
+        out = {n: r for n, r in found.items() if isinstance(r, Ref) and n.startswith(prefix)}
+        for tname, tref in found.items():
+            if not isinstance(tref, TreeRef):
+                continue
+            tree = await self._load_tree(bytes.fromhex(tref.tree_id), tname)
+            for e in tree.entries:
+                name = f"{tname}/{e.path}"
+                if not name.startswith(prefix) or name in found:
+                    continue
+                # Hidden by a ref object between the tree and the name?
+                if any(a in found for a in ancestors(name)[:e.path.count("/")]):
+                    continue
+                out[name] = Ref(name, e.file_id.hex(), e.size, e.sha256 and e.sha256.hex(),
+                                tref.time)
+        return [out[n] for n in sorted(out)]
 
     async def delete_ref(self, name: str) -> None:
-        if await self.store.head(ref_key(name)) is None:
+        """Delete what `name` resolves to: its own ref object (a file ref,
+        or a tree ref and with it every name of that tree), and its entries
+        in the nearest tree above it, which would otherwise show again."""
+        chain = [check_name(name), *ancestors(name)]
+        datas = await self.store.get_many([ref_key(a) for a in chain])
+        deleted = False
+        if datas[0] is not None:
+            await self.store.delete(ref_key(name))
+            deleted = True
+        for at, data in zip(chain[1:], datas[1:]):
+            if data is None:
+                continue
+            r = decode_ref(at, data)
+            if isinstance(r, TreeRef):
+                deleted = await self._drop_from_tree(r, name[len(at) + 1:]) or deleted
+            break
+        if not deleted:
             raise NotFound(f"no such ref: {name}")
-        await self.store.delete(ref_key(name))
+
+    async def _drop_from_tree(self, tref: TreeRef, rel: str) -> bool:
+        """Rewrite a tree without `rel` and anything below it; False if it
+        held none of them."""
+        tree = await self._load_tree(bytes.fromhex(tref.tree_id), tref.name)
+        keep = [e for e in tree.entries if e.path != rel and not e.path.startswith(rel + "/")]
+        if len(keep) == len(tree.entries):
+            return False
+        if not keep:
+            await self.store.delete(ref_key(tref.name))
+            return True
+        await self._put_tree_ref(tref.name, Tree(keep))
+        return True
+
+    async def _put_tree_ref(self, name: str, tree: Tree, old: TreeRef | None = None) -> TreeRef:
+        """Store a tree (if absent), then the tree ref naming it: the ref
+        last, so it never names a missing tree.  Unchanged from `old`: only
+        the ref's time is not rewritten."""
+        data = tree.encode()
+        tid = Tree.id_of(data)
+        if old is not None and old.tree_id == tid.hex():
+            return old
+        await self.store.put(tree_key(tid), data, if_absent=True)
+        self._trees[tid] = tree
+        ref = TreeRef(check_name(name), tid.hex(), len(tree.entries), tree.size, time.time())
+        await self.store.put(ref_key(name), ref.encode())
+        return ref
 
     # -- whole-store views ---------------------------------------------------------
     async def stats(self) -> dict:
         sizes: dict[str, list[int]] = {}
-        for prefix in (PACK_PREFIX, INDEX_PREFIX, FILES_PREFIX, REFS_PREFIX):
+        for prefix in (PACK_PREFIX, INDEX_PREFIX, FILES_PREFIX, REFS_PREFIX, TREES_PREFIX):
             sizes[prefix] = [o.size async for o in self.store.list(prefix)]
         refs = await self.list_refs()
         await self.index_ready()          # "chunks" counts the index
@@ -830,21 +1025,51 @@ class Repository:
                     break
             else:
                 ids_ok[fid] = m
-        async for o in self.store.list(REFS_PREFIX):
-            rep.refs += 1
-            name = o.key[len(REFS_PREFIX):]
-            try:
-                ref = Ref.decode(name, await self.store.get(o.key))
-            except IngestError as e:
-                rep.problems.append(str(e))
+        trees: dict[bytes, Tree | None] = {}
+        async for o in self.store.list(TREES_PREFIX):
+            tid = hashing.parse_hex_id(o.key[len(TREES_PREFIX):])
+            if tid is None:
+                rep.problems.append(f"{o.key}: not a tree id")
                 continue
-            m = ids_ok.get(bytes.fromhex(ref.file_id))
+            try:
+                trees[tid] = Tree.decode(await self.store.get(o.key), f"tree {tid.hex()}", tid)
+            except IngestError as e:
+                trees[tid] = None
+                rep.problems.append(str(e))
+
+        def check(name: str, fid: str, size: int, sha: str | None) -> None:
+            rep.refs += 1
+            m = ids_ok.get(bytes.fromhex(fid))
             if m is None:
-                rep.problems.append(f"ref {name}: file {ref.file_id} is missing or damaged")
-            elif m.size != ref.size or (m.sha256 is not None and ref.sha256 is not None
-                                        and m.sha256.hex() != ref.sha256):
+                rep.problems.append(f"ref {name}: file {fid} is missing or damaged")
+            elif m.size != size or (m.sha256 is not None and sha is not None
+                                    and m.sha256.hex() != sha):
                 # Either may lack a sha256 (ingested with sha256=False).
                 rep.problems.append(f"ref {name}: size or sha256 differs from its manifest")
+
+        async for o in self.store.list(REFS_PREFIX):
+            name = o.key[len(REFS_PREFIX):]
+            try:
+                ref = decode_ref(name, await self.store.get(o.key))
+            except IngestError as e:
+                rep.refs += 1
+                rep.problems.append(str(e))
+                continue
+            if isinstance(ref, Ref):
+                check(name, ref.file_id, ref.size, ref.sha256)
+                continue
+            tid = bytes.fromhex(ref.tree_id)
+            if tid not in trees:
+                rep.problems.append(f"ref {name}: its tree {ref.tree_id} is missing")
+                continue
+            tree = trees[tid]
+            if tree is None:
+                rep.problems.append(f"ref {name}: its tree {ref.tree_id} is damaged")
+                continue
+            if ref.files != len(tree.entries) or ref.size != tree.size:
+                rep.problems.append(f"ref {name}: file count or size differs from its tree")
+            for e in tree.entries:
+                check(f"{name}/{e.path}", e.file_id.hex(), e.size, e.sha256 and e.sha256.hex())
         async for o in self.store.list(INDEX_PREFIX):
             try:
                 _, locs = decode_shard(await self.store.get(o.key), f"index shard {o.key}")

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from ingest import Repository
-from ingest.errors import IngestError, StoreError
+from ingest.errors import IngestError, NotFound, StoreError
 from ingest.stores import ObjectNotFound, open_store
 from ingest.stores import local as local_mod
 from ingest.stores.local import LocalStore
@@ -431,45 +431,68 @@ def test_one_failing_ref_fails_only_its_file(tmp_path):
     run(go())
 
 
-def test_tree_refs_checked_by_listing_on_a_remote_store(store_url, tmp_path):
-    """A tree's refs are checked before they are written.  On S3 a new tree's
-    missing refs cost no GET each (one listing per directory instead); a
-    re-ingest reads them and rewrites only the changed files' refs."""
+def test_a_directory_is_named_by_one_tree(store_url, tmp_path):
+    """put_tree of a directory names its files with one tree and one tree
+    ref, not a ref per file: a new tree of 40 files costs puts for its
+    manifests and two more, a re-ingest of it unchanged writes nothing, and
+    a changed one writes the changed manifests, a tree and its ref; the
+    names are then exactly the directory's files."""
     tree = tmp_path / "tree"
     for i in range(40):
         (tree / f"d{i % 3}").mkdir(parents=True, exist_ok=True)
         (tree / f"d{i % 3}" / f"f{i}.txt").write_bytes(b"line %d\n" % i * (i + 1))
 
+    async def keys(store, prefix):
+        return sorted([o.key async for o in store.list(prefix)])
+
     async def go():
         store = open_store(store_url)
         remote = isinstance(store, RetryStore)
+
+        def puts():
+            return store.metrics()["put"]["requests"] if remote else 0
         async with await Repository.open(store) as repo:
-            gets0 = store.metrics()["get"]["requests"] if remote else 0
             first = await repo.put_tree([tree])
+            assert await keys(store, "refs/") == ["refs/tree"]
+            assert len(await keys(store, "trees/")) == 1
+            assert len(await keys(store, "files/")) == 40
+            names = sorted(r.ref for r in first)
+            assert [r.name for r in await repo.list_refs("tree/")] == names
+            t0 = (await repo.get_ref("tree/d0/f0.txt")).time
+
+            p0 = puts()
+            again = await repo.put_tree([tree])
+            assert sorted(r.ref for r in again) == names
             if remote:
-                assert store.metrics()["get"]["requests"] - gets0 < 10     # not one per file
-                assert store.metrics()["list"]["requests"] >= 1
-            times = {r.ref: (await repo.get_ref(r.ref)).time for r in first}
+                assert puts() == p0                      # nothing written
+            assert (await repo.get_ref("tree/d0/f0.txt")).time == t0
+
             (tree / "d1" / "f1.txt").write_bytes(b"changed")
             (tree / "d2" / "new.txt").write_bytes(b"added")
-            await asyncio.sleep(0.01)
-            gets0 = store.metrics()["get"]["requests"] if remote else 0
-            again = {r.ref: r for r in await repo.put_tree([tree])}
+            (tree / "d0" / "f3.txt").unlink()
+            p0 = puts()
+            changed = {r.ref: r for r in await repo.put_tree([tree])}
             if remote:
-                assert store.metrics()["get"]["requests"] - gets0 >= 40  # the existing refs are read
-            assert len(again) == 41
+                # A pack and its index shard, two manifests, the tree, its ref.
+                assert puts() - p0 == 6
+            assert len(changed) == 40
             assert await repo.read("tree/d1/f1.txt") == b"changed"
             assert await repo.read("tree/d2/new.txt") == b"added"
-            for ref, t in times.items():
-                now = (await repo.get_ref(ref)).time
-                assert (now != t) == (ref == "tree/d1/f1.txt"), ref   # only the changed one rewritten
-            assert (await repo.verify()).ok
+            with pytest.raises(NotFound):
+                await repo.get_ref("tree/d0/f3.txt")          # gone with the file
+            listed = [r.name for r in await repo.list_refs("tree/")]
+            assert listed == sorted(changed)
+            assert len(await keys(store, "trees/")) == 2 and await keys(store, "refs/") == ["refs/tree"]
+            rep = await repo.verify()
+            assert rep.ok, rep.problems
+            assert rep.refs == 40
     run(go())
 
 
 def test_a_known_manifest_is_not_written_again(store_url, tmp_path):
     """The same files under new names (a version of a tree that changed
-    little): only their refs are written, not their manifests again."""
+    little): only its tree and tree ref are written, not their manifests
+    again."""
     import shutil
     tree = tmp_path / "v1"
     tree.mkdir()
@@ -485,7 +508,7 @@ def test_a_known_manifest_is_not_written_again(store_url, tmp_path):
             puts0 = store.metrics()["put"]["requests"] if remote else 0
             second = await repo.put_tree([tmp_path / "v2"])
             if remote:
-                assert store.metrics()["put"]["requests"] - puts0 == 20      # the refs alone
+                assert store.metrics()["put"]["requests"] - puts0 == 2      # tree and ref alone
             assert sorted(r.file_id for r in second) == sorted(r.file_id for r in first)
             for r in second:
                 assert await repo.read(r.ref) == (tmp_path / r.ref).read_bytes()
@@ -496,10 +519,10 @@ def test_a_known_manifest_is_not_written_again(store_url, tmp_path):
 
 
 @pytest.mark.s3
-def test_refs_spread_over_the_store_are_read_not_listed(s3_url, tmp_path):
-    """A batch whose refs share no directory below refs/ (two trees in one
-    put_tree) would list every ref of the store: its refs are read one by
-    one instead."""
+def test_two_directories_in_one_put_tree_make_two_trees(s3_url, tmp_path):
+    """Two directories given to one put_tree get a tree each; their files'
+    names cost no request each: one read of the names the trees replace,
+    one listing below each of them (what a tree hides), two puts each."""
     for name in ("alpha", "beta"):
         (tmp_path / name).mkdir()
         for i in range(6):
@@ -508,14 +531,18 @@ def test_refs_spread_over_the_store_are_read_not_listed(s3_url, tmp_path):
     async def go():
         store = open_store(s3_url)
         async with await Repository.open(store) as repo:
-            await repo.index_ready()          # its listing of index/ is not the batch's
+            await repo.put_bytes(b"stale", ref="beta/old")          # hidden by beta's tree
+            await repo.index_ready()          # its listing of index/ is not the tree's
             m0 = store.metrics()
             got = await repo.put_tree([tmp_path / "alpha", tmp_path / "beta"])
             m1 = store.metrics()
             assert len(got) == 12
-            assert m1["list"]["requests"] == m0["list"]["requests"]
-            assert m1["get"]["requests"] - m0["get"]["requests"] >= 12
+            assert m1["list"]["requests"] - m0["list"]["requests"] == 2
+            assert m1["get"]["requests"] - m0["get"]["requests"] <= 2
+            assert sorted([o.key async for o in store.list("refs/")]) == ["refs/alpha", "refs/beta"]
             assert await repo.read("beta/f3") == b"beta 3"
+            with pytest.raises(NotFound):
+                await repo.read("beta/old")
     run(go())
 
 

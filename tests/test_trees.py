@@ -1,0 +1,228 @@
+"""Trees: a directory named by one tree ref (docs/FORMAT.md 9.1-9.3)."""
+from __future__ import annotations
+
+import os
+import struct
+
+import pytest
+
+from ingest import Repository
+from ingest.envelope import seal
+from ingest.errors import FormatError, IngestError, IntegrityError, NotFound
+from ingest.refs import (TREE_MAGIC, TREE_VERSION, Ref, Tree, TreeEntry, TreeRef, ancestors,
+                         decode_ref, tree_key)
+from ingest.stores.local import LocalStore
+
+from helpers import run, text
+
+
+def _entry(path: str, seed: int = 0, sha: bool = True) -> TreeEntry:
+    r = os.urandom(64)
+    return TreeEntry(path, r[:32], 100 + seed, r[32:] if sha else None)
+
+
+def test_tree_round_trip_sorted_and_addressed():
+    t = Tree.of([_entry("b/x"), _entry("a"), _entry("é/ü", sha=False), _entry("a b")])
+    data = t.encode()
+    back = Tree.decode(data, "tree", Tree.id_of(data))
+    assert [e.path for e in back.entries] == ["a", "a b", "b/x", "é/ü"]
+    assert back.entries == t.entries and back.get("é/ü").sha256 is None
+    assert back.size == sum(e.size for e in t.entries)
+    with pytest.raises(IntegrityError, match="does not match its id"):
+        Tree.decode(data, "tree", bytes(32))
+    with pytest.raises(Exception, match="twice"):
+        Tree.of([_entry("a"), _entry("a", 1)])
+
+
+def _payload(count: int, *entries: bytes, tail: bytes = b"") -> bytes:
+    return seal(TREE_MAGIC, TREE_VERSION, struct.pack("<I", count) + b"".join(entries) + tail)
+
+
+def _raw(path: bytes, flags: int = 0, sha: bytes = b"") -> bytes:
+    return struct.pack("<H", len(path)) + path + bytes(32) + struct.pack("<QB", 5, flags) + sha
+
+
+@pytest.mark.parametrize("data, match", [
+    (_payload(1 << 30), "claims"),                                     # no huge allocation
+    (_payload(2, _raw(b"b"), _raw(b"a")), "not sorted"),
+    (_payload(2, _raw(b"a"), _raw(b"a")), "not sorted or repeated"),
+    (_payload(1, _raw(b"a", flags=2)), "flags"),
+    (_payload(1, _raw(b"a", flags=1)), "truncated"),                   # the sha256 is missing
+    (_payload(1, _raw(b"a"), tail=b"x"), "after the last entry"),
+    (_payload(1, _raw(b"\xff")), "not UTF-8"),
+    (_payload(1, _raw(b"a/../b")), "bad path"),
+    (_payload(1, _raw(b"/abs")), "bad path"),
+    (_payload(1, struct.pack("<H", 60) + b"a" * 50), "truncated"),
+])
+def test_tree_decoder_refuses_bad_objects(data, match):
+    with pytest.raises(FormatError, match=match):
+        Tree.decode(data, "tree")
+
+
+def test_tree_ref_format():
+    r = TreeRef("ns/t", "ab" * 32, 3, 12, 1.5)
+    assert decode_ref("ns/t", r.encode()) == r
+    with pytest.raises(FormatError, match="is a tree of 3 files"):
+        Ref.decode("ns/t", r.encode())
+    bad = seal(b"IGRF", 2, b'{"files": -1, "size": 0, "time": 1, "tree": "' + b"ab" * 32 + b'"}')
+    with pytest.raises(FormatError, match="malformed"):
+        decode_ref("x", bad)
+    bad = seal(b"IGRF", 2, b'{"files": 1, "size": 0, "time": 1}')
+    with pytest.raises(FormatError, match="malformed tree ref"):
+        decode_ref("x", bad)
+    assert ancestors("a/b/c") == ["a/b", "a"] and ancestors("a") == []
+
+
+def _tree(tmp_path, name="pkg", files=None):
+    root = tmp_path / name
+    files = files or {"a.txt": b"alpha " * 100, "sub/b.txt": b"beta " * 200,
+                      "sub/deep/c.bin": os.urandom(3000)}
+    for rel, data in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(data)
+    return root, files
+
+
+def test_names_resolve_through_the_nearest_ref_object(tmp_path):
+    src, files = _tree(tmp_path)
+
+    async def go():
+        async with await Repository.open(tmp_path / "s") as repo:
+            await repo.put_tree([src])
+            for rel, data in files.items():
+                assert await repo.read(f"pkg/{rel}") == data
+                assert (await repo.get_ref(f"pkg/{rel}")).size == len(data)
+            with pytest.raises(NotFound, match="is a tree of 3 files"):
+                await repo.get_ref("pkg")
+            with pytest.raises(NotFound):
+                await repo.get_ref("pkg/nothing")
+            # A file ref below the tree is deeper: it wins for its name.
+            await repo.put_bytes(b"newer", ref="pkg/sub/b.txt")
+            assert await repo.read("pkg/sub/b.txt") == b"newer"
+            # A file ref at an ancestor ends the search.
+            await repo.put_bytes(b"a file", ref="pkg/sub")
+            with pytest.raises(NotFound):
+                await repo.get_ref("pkg/sub/deep/c.bin")
+            names = [r.name for r in await repo.list_refs("pkg/")]
+            assert names == ["pkg/a.txt", "pkg/sub", "pkg/sub/b.txt"]
+            assert [r.name for r in await repo.list_refs("pkg/sub/")] == ["pkg/sub/b.txt"]
+            assert [r.name for r in await repo.list_refs("pkg/a")] == ["pkg/a.txt"]
+            assert [r.name for r in await repo.list_refs()] == names
+            # Deleting the file at pkg/sub takes the tree's names below it
+            # too (the file had replaced them); pkg/sub/b.txt is a name of its own.
+            await repo.delete_ref("pkg/sub")
+            with pytest.raises(NotFound):
+                await repo.get_ref("pkg/sub/deep/c.bin")
+            assert [r.name for r in await repo.list_refs("pkg/")] == ["pkg/a.txt", "pkg/sub/b.txt"]
+            # A deeper tree (none that put_tree makes: its trees are at a
+            # DIRNAME) hides the shallower one's entries below it.
+            z = await repo.put_bytes(b"zed", ref="z")
+            await repo.put_tree([src])
+            await repo._put_tree_ref("pkg/sub", Tree.of(
+                [TreeEntry("z.txt", bytes.fromhex(z.file_id), z.size, None)]))
+            assert await repo.read("pkg/sub/z.txt") == b"zed"
+            with pytest.raises(NotFound):
+                await repo.get_ref("pkg/sub/b.txt")        # not looked for in pkg's tree
+            assert [r.name for r in await repo.list_refs("pkg/")] == ["pkg/a.txt", "pkg/sub/z.txt"]
+            assert [r.name for r in await repo.list_refs("pkg/sub/")] == ["pkg/sub/z.txt"]
+            rep = await repo.verify()
+            assert rep.ok, rep.problems
+    run(go())
+
+
+def test_put_tree_replaces_what_was_named_below_it(tmp_path):
+    src, files = _tree(tmp_path)
+
+    async def go():
+        async with await Repository.open(tmp_path / "s") as repo:
+            await repo.put_bytes(b"old one", ref="pkg/a.txt")
+            await repo.put_bytes(b"stale", ref="pkg/gone/x")
+            await repo.put_tree([src])
+            assert [r.name for r in await repo.list_refs("pkg/")] == sorted(
+                f"pkg/{r}" for r in files)
+            assert await repo.read("pkg/a.txt") == files["a.txt"]
+            assert sorted([o.key async for o in repo.store.list("refs/")]) == ["refs/pkg"]
+            # A file put over the tree's own name replaces the whole tree.
+            await repo.put_bytes(b"now a file", ref="pkg")
+            assert await repo.read("pkg") == b"now a file"
+            assert await repo.list_refs("pkg/") == []
+            assert (await repo.verify()).ok
+    run(go())
+
+
+def test_delete_inside_a_tree(tmp_path):
+    src, files = _tree(tmp_path)
+
+    async def go():
+        async with await Repository.open(tmp_path / "s") as repo:
+            await repo.put_tree([src])
+            await repo.put_bytes(b"override", ref="pkg/a.txt")
+            await repo.delete_ref("pkg/a.txt")          # the file ref and the tree's entry
+            with pytest.raises(NotFound):
+                await repo.get_ref("pkg/a.txt")
+            await repo.delete_ref("pkg/sub")            # a directory of the tree
+            assert await repo.list_refs("pkg/") == []
+            with pytest.raises(NotFound):
+                await repo.delete_ref("pkg/sub/b.txt")
+            assert not [o.key async for o in repo.store.list("refs/")]   # emptied: deleted
+            await repo.put_tree([src])
+            await repo.delete_ref("pkg")                # the whole tree
+            assert await repo.list_refs() == []
+            assert (await repo.verify()).ok
+    run(go())
+
+
+def test_verify_finds_a_missing_or_damaged_tree(tmp_path):
+    src, _ = _tree(tmp_path)
+
+    async def go():
+        async with await Repository.open(tmp_path / "s") as repo:
+            await repo.put_tree([src])
+            tid = bytes.fromhex(decode_ref("pkg", await repo.store.get("refs/pkg")).tree_id)
+            path = LocalStore(tmp_path / "s")._path(tree_key(tid))
+            data = bytearray(path.read_bytes())
+            data[30] ^= 1
+            path.write_bytes(bytes(data))
+        async with await Repository.open(tmp_path / "s") as repo:
+            rep = await repo.verify()
+            assert any("does not match its id" in p for p in rep.problems)
+            assert any("its tree" in p and "damaged" in p for p in rep.problems)
+            with pytest.raises(IntegrityError):
+                await repo.get_ref("pkg/a.txt")
+            os.remove(path)
+        async with await Repository.open(tmp_path / "s") as repo:
+            rep = await repo.verify()
+            assert any("is missing" in p for p in rep.problems)
+            with pytest.raises(IntegrityError, match="missing"):
+                await repo.read("pkg/a.txt")
+    run(go())
+
+
+class FailingTrees(LocalStore):
+    """A real local store that cannot write trees."""
+
+    async def put(self, key, data, *, if_absent=False):
+        if key.startswith("trees/"):
+            raise IngestError(f"injected failure writing {key}")
+        return await super().put(key, data, if_absent=if_absent)
+
+
+def test_a_tree_that_cannot_be_written_changes_no_name(tmp_path):
+    src, files = _tree(tmp_path)
+
+    async def go():
+        async with await Repository.open(tmp_path / "s") as repo:
+            await repo.put_tree([src])
+        (src / "a.txt").write_bytes(text(5000, 3))
+        (src / "sub" / "b.txt").unlink()
+        async with await Repository.open(FailingTrees(tmp_path / "s")) as repo:
+            with pytest.raises(IngestError, match="injected"):
+                await repo.put_tree([src])
+        async with await Repository.open(tmp_path / "s") as repo:
+            # The old tree still names the old files, all readable.
+            assert [r.name for r in await repo.list_refs()] == sorted(f"pkg/{r}" for r in files)
+            assert await repo.read("pkg/a.txt") == files["a.txt"]
+            assert await repo.read("pkg/sub/b.txt") == files["sub/b.txt"]
+            rep = await repo.verify()
+            assert rep.ok, rep.problems
+    run(go())
