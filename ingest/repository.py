@@ -556,10 +556,14 @@ class Repository:
         except ObjectNotFound:
             raise IntegrityError(f"ref {name}: its tree {tid.hex()} is missing") from None
         tree = await self._run(Tree.decode, data, f"tree {tid.hex()}", tid)
+        self._cache_tree(tid, tree)
+        return tree
+
+    def _cache_tree(self, tid: bytes, tree: Tree) -> None:
         self._trees[tid] = tree
+        self._trees.move_to_end(tid)
         while len(self._trees) > TREES_CACHED:
             self._trees.popitem(last=False)
-        return tree
 
     async def iter_read(self, name: str, start: int = 0, end: int | None = None
                         ) -> AsyncIterator[bytes | memoryview]:
@@ -925,7 +929,7 @@ class Repository:
         if old is not None and old.tree_id == tid.hex():
             return old
         await self.store.put(tree_key(tid), data, if_absent=True)
-        self._trees[tid] = tree
+        self._cache_tree(tid, tree)
         ref = TreeRef(check_name(name), tid.hex(), len(tree.entries), tree.size, time.time())
         await self.store.put(ref_key(name), ref.encode())
         return ref

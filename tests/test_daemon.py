@@ -344,6 +344,37 @@ def test_listing_pagination_and_delete(serve):
     run(main())
 
 
+def test_a_tree_stored_by_the_library_is_served(serve, store_url, tmp_path):
+    """A directory put with put_tree is one tree ref (docs/FORMAT.md 9.1):
+    the daemon serves its files by name, a daemon upload replaces one of
+    them, and a DELETE takes a name out of the tree."""
+    src = tmp_path / "ns"
+    (src / "sub").mkdir(parents=True)
+    (src / "a.bin").write_bytes(data(5000, 1))
+    (src / "sub" / "b.bin").write_bytes(data(7000, 2))
+
+    async def store_tree():
+        async with await Repository.open(store_url) as repo:
+            await repo.put_tree([src])
+    run(store_tree())
+    d = serve()
+
+    async def main():
+        async with aiohttp.ClientSession() as s:
+            async with s.get(d.url + "/v1/files/ns/sub/b.bin") as r:
+                assert r.status == 200 and await r.read() == data(7000, 2)
+            assert (await put(s, d.url, "ns/a.bin", b"replaced"))[0] in (200, 201)
+            async with s.get(d.url + "/v1/files/ns/a.bin") as r:
+                assert await r.read() == b"replaced"
+            async with s.delete(d.url + "/v1/files/ns/sub/b.bin") as r:
+                assert r.status == 204
+            async with s.get(d.url + "/v1/files/ns/sub/b.bin") as r:
+                assert r.status == 404
+            async with s.delete(d.url + "/v1/files/ns/sub/b.bin") as r:
+                assert r.status == 404
+    run(main())
+
+
 def test_reconstruction_matches_bytes(serve, store_url):
     d = serve()
     base = data(2 << 20, 3)
