@@ -346,8 +346,9 @@ def test_listing_pagination_and_delete(serve):
 
 def test_a_tree_stored_by_the_library_is_served(serve, store_url, tmp_path):
     """A directory put with put_tree is one tree ref (docs/FORMAT.md 9.1):
-    the daemon serves its files by name, a daemon upload replaces one of
-    them, and a DELETE takes a name out of the tree."""
+    the daemon lists and serves its files by name beside its own uploads,
+    an upload replaces one of them, and a DELETE takes a name out of the
+    tree."""
     src = tmp_path / "ns"
     (src / "sub").mkdir(parents=True)
     (src / "a.bin").write_bytes(data(5000, 1))
@@ -363,6 +364,20 @@ def test_a_tree_stored_by_the_library_is_served(serve, store_url, tmp_path):
         async with aiohttp.ClientSession() as s:
             async with s.get(d.url + "/v1/files/ns/sub/b.bin") as r:
                 assert r.status == 200 and await r.read() == data(7000, 2)
+            assert (await put(s, d.url, "ns/c.bin", b"uploaded"))[0] == 201
+            pages, cursor = [], None
+            while True:
+                q = {"limit": "1", **({"cursor": cursor} if cursor else {})}
+                async with s.get(d.url + "/v1/files/ns/", params=q) as r:
+                    assert r.status == 200
+                    doc = await r.json()
+                pages.append([f["path"] for f in doc["files"]])
+                cursor = doc["next_cursor"]
+                if cursor is None:
+                    break
+            assert pages == [["a.bin"], ["c.bin"], ["sub/b.bin"]]
+            async with s.get(d.url + "/v1/files/ns/sub/") as r:
+                assert [f["path"] for f in (await r.json())["files"]] == ["sub/b.bin"]
             assert (await put(s, d.url, "ns/a.bin", b"replaced"))[0] in (200, 201)
             async with s.get(d.url + "/v1/files/ns/a.bin") as r:
                 assert await r.read() == b"replaced"

@@ -30,9 +30,10 @@ from aiohttp import web
 
 from ..errors import IngestError, IntegrityError, InvalidName, NotFound, StoreError
 from ..refs import PREFIX as REFS_PREFIX
+from ..refs import TreeRef, decode_ref
 from ..refs import key as ref_key
 from ..repository import Repository, stream_reader
-from ..stores import Store, open_store
+from ..stores import ObjectNotFound, Store, open_store
 from ..stores.retry import RetriesExhausted, RetryStore, TransientStoreError
 from .auth import ANONYMOUS, Principal, TokenTable, bearer
 from .body import Body, BodyError, Watchdog
@@ -749,6 +750,24 @@ class Daemon:
             if not after.startswith(prefix):
                 raise InvalidName("the cursor belongs to another listing")
         base = f"{REFS_PREFIX}{ns}/"
+        try:
+            whole = await repo.store.get(ref_key(ns))
+        except ObjectNotFound:
+            whole = None
+        if whole is not None and isinstance(decode_ref(ns, whole), TreeRef):
+            # The namespace is a tree the library stored (put_tree of a
+            # directory named like it): its names come from the tree and the
+            # refs below it together, as Repository.list_refs resolves them,
+            # listed whole and cut into this page.
+            refs = [r for r in await repo.list_refs(f"{ns}/{prefix}")
+                    if after is None or r.name[len(ns) + 1:] > after]
+            more = len(refs) > limit
+            refs = refs[:limit]
+            return web.json_response({
+                "namespace": ns, "prefix": prefix,
+                "files": [{"path": r.name[len(ns) + 1:], "file_id": r.file_id, "size": r.size,
+                           "sha256": r.sha256, "time": r.time} for r in refs],
+                "next_cursor": _cursor(refs[-1].name[len(ns) + 1:]) if more else None})
         names = await self._list_keys(repo.store, base + prefix,
                                       base + after if after else None, limit + 1)
         more = len(names) > limit
