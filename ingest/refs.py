@@ -209,6 +209,9 @@ class Tree:
         return sum(e.size for e in self.entries)
 
     def encode(self) -> bytes:
+        if len(self.entries) > MAX_TREE_FILES:
+            raise InvalidName(f"a tree holds at most {MAX_TREE_FILES} files, "
+                              f"not {len(self.entries)}")
         parts = [struct.pack("<I", len(self.entries))]
         for e in self.entries:
             p = e.path.encode("utf-8", "surrogatepass")

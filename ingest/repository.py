@@ -39,7 +39,8 @@ from .pack import TRAILER, check_frame, check_header, footer_location, parse_foo
 from .pipeline import (PACK_PREFIX, IngestResult, WriteSession, pack_key, scan_small_file,
                        scan_small_files)
 from .refs import PREFIX as REFS_PREFIX
-from .refs import TREES_PREFIX, Ref, Tree, TreeEntry, TreeRef, ancestors, check_name, decode_ref
+from .refs import (MAX_TREE_FILES, TREES_PREFIX, Ref, Tree, TreeEntry, TreeRef, ancestors,
+                   check_name, decode_ref)
 from .refs import key as ref_key
 from .refs import tree_key
 from .stores import ObjectNotFound, Store, open_store
@@ -285,6 +286,10 @@ class Repository:
         # each by a ref.  The tree they replace, if any, tells which of their
         # manifests are stored already (written before it named them).
         roots = sorted({ref.split("/", 1)[0] for _, ref, _ in planned if "/" in ref})
+        if len(planned) > MAX_TREE_FILES:
+            # Refused before anything is written, not when the tree is.
+            raise InvalidName(f"a tree holds at most {MAX_TREE_FILES} files; "
+                              f"put this one in parts")
         old_trees = await self._old_trees(roots)
         commit_ref = [None if "/" in ref else ref for _, ref, _ in planned]
         named: list[bytes | None] = [None] * len(planned)

@@ -226,3 +226,18 @@ def test_a_tree_that_cannot_be_written_changes_no_name(tmp_path):
             rep = await repo.verify()
             assert rep.ok, rep.problems
     run(go())
+
+
+def test_a_tree_too_large_is_refused_before_anything_is_written(tmp_path, monkeypatch):
+    from ingest import repository as repository_mod
+    from ingest.errors import InvalidName
+    monkeypatch.setattr(repository_mod, "MAX_TREE_FILES", 2)
+    src, _ = _tree(tmp_path)                               # three files
+
+    async def go():
+        async with await Repository.open(tmp_path / "s") as repo:
+            with pytest.raises(InvalidName, match="at most 2 files"):
+                await repo.put_tree([src])
+            for prefix in ("packs/", "files/", "trees/", "refs/"):
+                assert not [o async for o in repo.store.list(prefix)], prefix
+    run(go())
