@@ -15,7 +15,7 @@ import os
 import stat
 import threading
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -287,9 +287,12 @@ class Repository:
         # manifests are stored already (written before it named them).
         roots = sorted({ref.split("/", 1)[0] for _, ref, _ in planned if "/" in ref})
         if len(planned) > MAX_TREE_FILES:
-            # Refused before anything is written, not when the tree is.
-            raise InvalidName(f"a tree holds at most {MAX_TREE_FILES} files; "
-                              f"put this one in parts")
+            per_root = Counter(ref.split("/", 1)[0] for _, ref, _ in planned if "/" in ref)
+            big = [r for r, n in per_root.items() if n > MAX_TREE_FILES]
+            if big:
+                # Refused before anything is written, not when the tree is.
+                raise InvalidName(f"a tree holds at most {MAX_TREE_FILES} files; "
+                                  f"{big[0]} has {per_root[big[0]]}: put it in parts")
         old_trees = await self._old_trees(roots)
         commit_ref = [None if "/" in ref else ref for _, ref, _ in planned]
         named: list[bytes | None] = [None] * len(planned)

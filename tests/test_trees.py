@@ -236,7 +236,7 @@ def test_a_tree_too_large_is_refused_before_anything_is_written(tmp_path, monkey
 
     async def go():
         async with await Repository.open(tmp_path / "s") as repo:
-            with pytest.raises(InvalidName, match="at most 2 files"):
+            with pytest.raises(InvalidName, match="at most 2 files; pkg has 3"):
                 await repo.put_tree([src])
             for prefix in ("packs/", "files/", "trees/", "refs/"):
                 assert not [o async for o in repo.store.list(prefix)], prefix
