@@ -268,7 +268,7 @@ class Repository:
                        planned: list[tuple[str, str, int]] | None = None) -> list[IngestResult]:
         """Ingest files and directories (recursively).  A file's ref is its
         name; a directory's files get DIRNAME/relative/path, as `cp -r` would
-        name them, through one tree ref at DIRNAME (docs/FORMAT.md 9.2):
+        name them, through one tree ref at DIRNAME (docs/FORMAT.md 9.1):
         the directory's names are then exactly its files, whatever was
         named under DIRNAME/ before, and they appear together, once every
         file is stored, when this returns.  Every path is checked before
