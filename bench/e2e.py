@@ -293,13 +293,20 @@ def tree_files(path: pathlib.Path) -> list[pathlib.Path]:
 
 def dir_bytes(path: pathlib.Path) -> int:
     """Apparent size (st_size) of every regular file under `path`, as bench/stored_bytes.py."""
-    total = 0
+    return dir_usage(path)[0]
+
+
+def dir_usage(path: pathlib.Path) -> tuple[int, int]:
+    """(apparent bytes, regular files) under `path`: on an object store each
+    file would be an object, a PUT to write it (capacity planning)."""
+    total = count = 0
     for dirpath, _dirs, files in os.walk(path):
         for name in files:
             st = os.lstat(os.path.join(dirpath, name))
             if stat.S_ISREG(st.st_mode):
                 total += st.st_size
-    return total
+                count += 1
+    return total, count
 
 
 def same_file(a: pathlib.Path, b: pathlib.Path) -> bool:
@@ -373,6 +380,7 @@ def bench_corpus(corpus: Corpus, tools: list[str], work: pathlib.Path, repeat: i
     runs: dict[str, dict[str, list[dict]]] = {t: {p: [] for p in PHASES} for t in tools}
     stored: dict[str, list[int]] = {t: [] for t in tools}
     stored_after_dup: dict[str, list[int]] = {t: [] for t in tools}
+    objects: dict[str, list[int]] = {t: [] for t in tools}
     errors: dict[str, str] = {}
     # Directories are deleted only when the corpus is done: ext4 skips inodes
     # freed in the last ~30 s when it allocates one (recently_deleted), so
@@ -403,7 +411,9 @@ def bench_corpus(corpus: Corpus, tools: list[str], work: pathlib.Path, repeat: i
                         continue
                     runs[t][phase].append(out)
                     if phase == "new":
-                        stored[t].append(dir_bytes(store))
+                        nbytes, nfiles = dir_usage(store)
+                        stored[t].append(nbytes)
+                        objects[t].append(nfiles)
                     elif phase == "dup":
                         stored_after_dup[t].append(dir_bytes(store))
                     log(f"  rep {r + 1} {t:7} {phase:8} {out['seconds']:7.2f} s "
@@ -438,6 +448,7 @@ def bench_corpus(corpus: Corpus, tools: list[str], work: pathlib.Path, repeat: i
         tr["stored_bytes"] = sorted(stored[t])[(len(stored[t]) - 1) // 2]
         tr["stored_bytes_all_runs"] = stored[t]
         tr["stored_bytes_after_dup_all_runs"] = stored_after_dup[t]
+        tr["stored_objects"] = sorted(objects[t])[(len(objects[t]) - 1) // 2]
         res[t] = tr
     return res
 
@@ -515,8 +526,9 @@ def fmt_tables(results: dict) -> str:
                      f"{TARGETS[p]:>6.1f}x  {ok:4}  {_f(o.get(p, {}).get('cpu_seconds_median'), 10, 2)} "
                      f"{_f(h.get(p, {}).get('cpu_seconds_median'), 7, 2)}")
     head = (f"{'corpus':8} {'ours MiB':>9} {'hf_xet MiB':>11} {'borg MiB':>9} {'ours/in':>8} "
-            f"{'xet/in':>7} {'borg/in':>8} {'ours/min':>9}  ok")
-    L += ["", "Stored bytes after `new` (apparent bytes under the store; ours/min(hf_xet, borg) must be <= 1)",
+            f"{'xet/in':>7} {'borg/in':>8} {'ours/min':>9}  ok    {'objects ours':>12} {'hf_xet':>6}")
+    L += ["", "Stored bytes after `new` (apparent bytes under the store; ours/min(hf_xet, borg) must be <= 1;"
+          " objects: files under the store, a PUT each on an object store)",
           head, "-" * len(head)]
     for kind, c in results["corpora"].items():
         inp = c["input_bytes"]
@@ -524,9 +536,11 @@ def fmt_tables(results: dict) -> str:
         s["borg"] = c.get("borg", {}).get("stored_bytes")
         r = c["ratios"].get("stored_vs_min")
         ok = "" if r is None else ("PASS" if r <= 1.0 else "FAIL")
+        n = {t: c["tools"].get(t, {}).get("stored_objects") for t in ("ingest", "hf_xet")}
         L.append(f"{kind:8} {_f(_mib(s['ingest']), 9, 1)} {_f(_mib(s['hf_xet']), 11, 1)} "
                  f"{_f(_mib(s['borg']), 9, 1)} {_f(_div(s['ingest'], inp), 8, 3)} "
-                 f"{_f(_div(s['hf_xet'], inp), 7, 3)} {_f(_div(s['borg'], inp), 8, 3)} {_f(r, 9, 3)}  {ok}")
+                 f"{_f(_div(s['hf_xet'], inp), 7, 3)} {_f(_div(s['borg'], inp), 8, 3)} {_f(r, 9, 3)}  "
+                 f"{ok:4}  {_f(n['ingest'], 12, 0)} {_f(n['hf_xet'], 6, 0)}")
     head = f"{'corpus':8} {'phase':8} {'ours MiB':>9} {'hf_xet MiB':>11}   (baseline after imports: ours / hf_xet)"
     L += ["", "Peak RSS of the child (max over runs, MiB)", head, "-" * len(head)]
     for kind, c in results["corpora"].items():
