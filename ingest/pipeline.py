@@ -43,6 +43,7 @@ from .manifest import key as manifest_key
 from .memory import uninitialized
 from .pack import MAX_FRAME_CHUNKS, PackBuilder, frame_header
 from .errors import IngestError
+from .refs import MAX_INLINE_MANIFEST
 from .refs import PREFIX as REF_PREFIX
 from .refs import Ref, names_many
 from .safetensors import DtypeMap
@@ -834,22 +835,32 @@ class WriteSession:
         await self._run(sha.update, data)
 
     async def commit(self, w: _Written, ref: str | None = None, *,
-                     flush: bool = True, named: bytes | None = None) -> IngestResult:
+                     flush: bool = True, named: bytes | None = None,
+                     keep: bool = False) -> IngestResult:
         """Wait until every pack the file uses is stored, then write its
         manifest and ref.  With `flush`, seal the open pack now instead of
         waiting for it to fill (a single upload wants its answer now; a tree
         of files shares packs and flushes once at the end).  `named`: the
         file id a tree being replaced gave this file's name; if it is this
         file's, its manifest is stored (the tree was written after it) and
-        nothing is written."""
+        nothing is written.  `keep`: write neither manifest nor ref, and
+        return the encoded manifest as the result's `manifest` attribute
+        (a tree keeps it, docs/FORMAT.md 9.2)."""
         await self._stored(w.deferred.frames, flush)
         fid, build = self._identify(w)
-        if fid != named:
+        r = _result(w, ref, fid)
+        r.manifest = None
+        if fid == named:
+            return r
+        if keep:
+            r.manifest = _keepable(build)
+        if r.manifest is None:
             await self._meta.write(fid, build, ref, w.size, w.sha256)
-        return _result(w, ref, fid)
+        return r
 
     async def commit_many(self, ws: list[_Written], refs: list[str | None],
-                          named: list[bytes | None] | None = None
+                          named: list[bytes | None] | None = None,
+                          keep: list[bool] | None = None
                           ) -> list[IngestResult | BaseException]:
         """commit() of many files at once (a batch of a tree's small files,
         which mostly share their frames and packs): each frame and pack is
@@ -857,12 +868,13 @@ class WriteSession:
         together.  Per file its result, or the error that failed it (a
         failing file does not fail the others)."""
         named = named or [None] * len(ws)
+        keep = keep or [False] * len(ws)
         try:
             await self._stored([fr for w in ws for fr in w.deferred.frames], False)
         except Exception:
             # Some frame or pack failed: which files does it fail?
-            return await asyncio.gather(*(self.commit(w, ref, flush=False, named=nm)
-                                          for w, ref, nm in zip(ws, refs, named)),
+            return await asyncio.gather(*(self.commit(w, ref, flush=False, named=nm, keep=kp)
+                                          for w, ref, nm, kp in zip(ws, refs, named, keep)),
                                         return_exceptions=True)
         out: list = [None] * len(ws)
         todo, items = [], []
@@ -873,13 +885,24 @@ class WriteSession:
                 out[k] = e
                 continue
             if fid == named[k]:
-                out[k] = _result(w, ref, fid)
+                out[k] = r = _result(w, ref, fid)
+                r.manifest = None
                 continue
+            if keep[k]:
+                manifest = _keepable(build)
+                if manifest is not None:
+                    out[k] = r = _result(w, ref, fid)
+                    r.manifest = manifest
+                    continue
             todo.append((k, fid))
             items.append((fid, build, ref, w.size, w.sha256))
         for (k, fid), fut in zip(todo, await self._meta.write_many(items)):
             e = fut.exception()
-            out[k] = e if e is not None else _result(ws[k], refs[k], fid)
+            if e is None:
+                out[k] = r = _result(ws[k], refs[k], fid)
+                r.manifest = None
+            else:
+                out[k] = e
         return out
 
     async def _stored(self, frames, flush: bool) -> None:
@@ -952,6 +975,12 @@ def _look_up(index, scans: list) -> tuple[np.ndarray, np.ndarray, np.ndarray, li
     some = counts > 0
     stored[some] = np.logical_and.reduceat(found, firsts[some])
     return found, locs, stored, hashing.file_ids_many(ids, locs["length"], counts)
+
+
+def _keepable(build: Callable[[], Manifest]) -> bytes | None:
+    """The encoded manifest, if a tree may keep it (small enough)."""
+    data = build().encode()
+    return data if len(data) <= MAX_INLINE_MANIFEST else None
 
 
 def _result(w: _Written, ref: str | None, fid: bytes) -> IngestResult:

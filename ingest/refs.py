@@ -38,6 +38,7 @@ PREFIX = "refs/"
 TREE_MAGIC, TREE_VERSION = b"IGTR", 1
 TREES_PREFIX = "trees/"
 MAX_TREE_FILES = 1 << 24      # entries a tree may hold (a decoder's bound)
+MAX_INLINE_MANIFEST = 64 << 10  # the largest manifest a tree entry may carry
 MAX_NAME_BYTES = 900          # leaves room for the prefix under S3's 1024-byte key limit
 _CONTROL = re.compile("[\x00-\x1f\x7f]")
 # The payload exactly as encode() writes it: read without the JSON parser
@@ -174,6 +175,7 @@ class TreeEntry:
     file_id: bytes
     size: int
     sha256: bytes | None
+    manifest: bytes | None = None   # the file's manifest object (IGFM), kept in the tree
 
 
 _ENTRY = struct.Struct("<H")
@@ -183,8 +185,10 @@ _ENTRY_TAIL = struct.Struct("<32sQB")
 class Tree:
     """A directory's files, sorted by path (UTF-8 bytes).  Payload: u32
     count, then per entry u16 path length, the path, the 32-byte file id,
-    u64 size, u8 flags (1: a SHA-256 follows), [32-byte SHA-256].  Its id
-    is BLAKE3-256 of the whole sealed object."""
+    u64 size, u8 flags (1: a SHA-256 follows; 2: a manifest follows),
+    [32-byte SHA-256], [u32 length, the manifest object].  Its id is
+    BLAKE3-256 of the whole sealed object.  A small file's manifest lives
+    in its tree rather than at `files/<id>` (docs/FORMAT.md 9.2)."""
 
     def __init__(self, entries: list[TreeEntry]) -> None:
         self.entries = entries
@@ -215,10 +219,15 @@ class Tree:
         parts = [struct.pack("<I", len(self.entries))]
         for e in self.entries:
             p = e.path.encode("utf-8", "surrogatepass")
-            parts += [_ENTRY.pack(len(p)), p,
-                      _ENTRY_TAIL.pack(e.file_id, e.size, 1 if e.sha256 else 0)]
+            flags = (1 if e.sha256 else 0) | (2 if e.manifest else 0)
+            parts += [_ENTRY.pack(len(p)), p, _ENTRY_TAIL.pack(e.file_id, e.size, flags)]
             if e.sha256:
                 parts.append(e.sha256)
+            if e.manifest:
+                if len(e.manifest) > MAX_INLINE_MANIFEST:
+                    raise ValueError(f"a manifest of {len(e.manifest)} bytes is kept in "
+                                     f"files/, not in a tree")
+                parts += [struct.pack("<I", len(e.manifest)), e.manifest]
         return seal(TREE_MAGIC, TREE_VERSION, b"".join(parts))
 
     @staticmethod
@@ -253,20 +262,27 @@ class Tree:
                 pos += ln
                 fid, size, flags = _ENTRY_TAIL.unpack_from(mv, pos)
                 pos += _ENTRY_TAIL.size
-                sha = None
+                sha = manifest = None
                 if flags & 1:
                     sha = bytes(mv[pos:pos + 32])
                     if len(sha) != 32:
                         raise FormatError(f"{what}: truncated entry")
                     pos += 32
-                if flags & ~1:
+                if flags & 2:
+                    (mlen,) = struct.unpack_from("<I", mv, pos)
+                    pos += 4
+                    if mlen > MAX_INLINE_MANIFEST or pos + mlen > n_bytes:
+                        raise FormatError(f"{what}: a manifest of {mlen} bytes does not fit")
+                    manifest = bytes(mv[pos:pos + mlen])
+                    pos += mlen
+                if flags & ~3:
                     raise FormatError(f"{what}: unknown entry flags {flags:#x}")
                 if prev is not None and raw <= prev:
                     raise FormatError(f"{what}: entries not sorted or repeated")
                 prev = raw
                 path = raw.decode("utf-8")
                 check_name(path)
-                entries.append(TreeEntry(path, fid, size, sha))
+                entries.append(TreeEntry(path, fid, size, sha, manifest))
         except struct.error:
             raise FormatError(f"{what}: truncated entry") from None
         except UnicodeDecodeError:

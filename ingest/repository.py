@@ -64,6 +64,7 @@ RESTORE_BATCH = 64            # files whose manifests restore_many reads at once
 RESTORE_BATCH_BYTES = 8 << 20  # small files restored in one pool call, about this much
 FRAME_CACHE_BYTES = 64 << 20   # decoded frames kept for reuse by later reads (FrameCache)
 TREES_CACHED = 16              # decoded trees kept by id (immutable) for name lookups
+TREES_RELIST = 1.0             # seconds between listings of trees/ for a file id not found
 
 
 @dataclass
@@ -99,6 +100,11 @@ class Repository:
         self.stored_manifests: dict[bytes, None] = {}   # see pipeline._MetaWriter.known
         self.frame_cache = FrameCache(FRAME_CACHE_BYTES)
         self._trees: OrderedDict[bytes, Tree] = OrderedDict()   # by tree id (immutable)
+        # File id -> (tree id, path) of the manifests trees keep, from every
+        # tree this process has seen or found by listing trees/ (_scan_trees).
+        self._in_trees: dict[bytes, tuple[bytes, str]] = {}
+        self._indexed_trees: set[bytes] = set()
+        self._trees_listed_at = float("-inf")
         self.block_buffers: list[memoryview] = []   # reused by write sessions
         self.direct_writes = direct_writes
         self.stages = StagePool()                    # reused by restore()
@@ -295,6 +301,10 @@ class Repository:
                                   f"{big[0]} has {per_root[big[0]]}: put it in parts")
         old_trees = await self._old_trees(roots)
         commit_ref = [None if "/" in ref else ref for _, ref, _ in planned]
+        # A small file of a tree keeps its manifest in the tree, not at
+        # files/<id>: a package version's manifests were 959 of its 976
+        # objects (a PUT each on S3).
+        keep = [("/" in ref and size <= SMALL_FILE) for _, ref, size in planned]
         named: list[bytes | None] = [None] * len(planned)
         for i, (_, ref, _) in enumerate(planned):
             root, sep, rel = ref.partition("/")
@@ -314,7 +324,8 @@ class Repository:
 
         async def commit(i: int, w, ref: str) -> None:
             # Commits wait outside the slots for packs shared with later files.
-            results[i] = r = await s.commit(w, commit_ref[i], flush=False, named=named[i])
+            results[i] = r = await s.commit(w, commit_ref[i], flush=False, named=named[i],
+                                            keep=keep[i])
             r.ref = ref
             if on_result:
                 on_result(r)
@@ -359,7 +370,8 @@ class Repository:
                 # Committed together: the batch's files mostly wait for the
                 # same frames and pack.
                 got = await s.commit_many(ws, [commit_ref[job[0]] for job, _ in small],
-                                          [named[job[0]] for job, _ in small])
+                                          [named[job[0]] for job, _ in small],
+                                          [keep[job[0]] for job, _ in small])
                 failed = None
                 for (job, _), r in zip(small, got):
                     if isinstance(r, BaseException):
@@ -420,9 +432,18 @@ class Repository:
         entries: dict[str, dict[str, TreeEntry]] = {r: {} for r in roots}
         for r in results:
             root, sep, rel = r.ref.partition("/")
-            if sep:        # a path listed twice: the later one, as a later ref would
-                entries[root][rel] = TreeEntry(rel, bytes.fromhex(r.file_id), r.size,
-                                               r.sha256 and bytes.fromhex(r.sha256))
+            if not sep:
+                continue
+            fid = bytes.fromhex(r.file_id)
+            manifest = getattr(r, "manifest", None)
+            if manifest is None and root in old:
+                # Unchanged: the manifest is where the replaced tree had it.
+                e = old[root][1].get(rel)
+                if e is not None and e.file_id == fid:
+                    manifest = e.manifest
+            # A path listed twice: the later one, as a later ref would.
+            entries[root][rel] = TreeEntry(rel, fid, r.size, r.sha256 and bytes.fromhex(r.sha256),
+                                           manifest)
         for root in roots:
             prev = old.get(root)
             await self._put_tree_ref(root, Tree.of(entries[root].values()), prev and prev[0])
@@ -474,11 +495,15 @@ class Repository:
             fid = bytes.fromhex(ref.file_id)
         m = self._manifests.get(fid)
         if m is None:
+            what = f"manifest {fid.hex()}"
             try:
                 data = await self.store.get(manifest_key(fid))
             except ObjectNotFound:
-                raise NotFound(f"unknown file id {fid.hex()}") from None
-            m = await self._run(Manifest.decode, data, f"manifest {fid.hex()}", fid)
+                data = (await self._kept_manifests([fid])).get(fid)
+                if data is None:
+                    raise NotFound(f"unknown file id {fid.hex()}") from None
+                what = f"manifest {fid.hex()} (kept in a tree)"
+            m = await self._run(Manifest.decode, data, what, fid)
             self._cache_manifest(fid, m)
         return fid, m
 
@@ -572,6 +597,46 @@ class Repository:
         self._trees.move_to_end(tid)
         while len(self._trees) > TREES_CACHED:
             self._trees.popitem(last=False)
+        if tid not in self._indexed_trees:
+            self._indexed_trees.add(tid)
+            for e in tree.entries:
+                if e.manifest is not None:
+                    self._in_trees.setdefault(e.file_id, (tid, e.path))
+
+    async def _kept_manifests(self, fids: list[bytes]) -> dict[bytes, bytes]:
+        """The manifests that trees keep for these file ids (docs/FORMAT.md
+        9.2), found through the trees this process has seen; if some are
+        not, the store's trees/ are listed again (at most every
+        TREES_RELIST seconds: a file id nobody stored costs no listing
+        each) and the new ones read."""
+        if any(f not in self._in_trees for f in fids) and (
+                time.monotonic() - self._trees_listed_at >= TREES_RELIST):
+            self._trees_listed_at = time.monotonic()
+            async for o in self.store.list(TREES_PREFIX):
+                tid = hashing.parse_hex_id(o.key[len(TREES_PREFIX):])
+                if tid is None or tid in self._indexed_trees:
+                    continue
+                try:
+                    await self._load_tree(tid, o.key)
+                except IngestError as e:
+                    log.warning("skipping %s: %s", o.key, e)
+                    self._indexed_trees.add(tid)      # damaged: not read again
+        by_tree: dict[bytes, list[tuple[bytes, str]]] = {}
+        for f in dict.fromkeys(fids):
+            at = self._in_trees.get(f)
+            if at is not None:
+                by_tree.setdefault(at[0], []).append((f, at[1]))
+        out: dict[bytes, bytes] = {}
+        for tid, wanted in by_tree.items():
+            try:
+                tree = await self._load_tree(tid, f"trees/{tid.hex()}")
+            except IngestError:
+                continue
+            for f, path in wanted:
+                e = tree.get(path)
+                if e is not None and e.file_id == f and e.manifest is not None:
+                    out[f] = e.manifest
+        return out
 
     async def iter_read(self, name: str, start: int = 0, end: int | None = None
                         ) -> AsyncIterator[bytes | memoryview]:
@@ -840,6 +905,9 @@ class Repository:
             return got
         datas = await self.store.get_many([manifest_key(f) for f in fids])
         found = [(f, d) for f, d in zip(fids, datas) if d is not None]
+        missing = [f for f, d in zip(fids, datas) if d is None]
+        if missing:
+            found += list((await self._kept_manifests(missing)).items())
 
         def decode_all():
             out = []
@@ -951,9 +1019,21 @@ class Repository:
         await self.index_ready()          # "chunks" counts the index
         logical = sum(r.size for r in refs)
         stored = sum(sum(v) for v in sizes.values())
+        # Files with a manifest: at files/<id>, or kept in a tree.
+        files = {hashing.parse_hex_id(o.key[len(FILES_PREFIX):])
+                 async for o in self.store.list(FILES_PREFIX)}
+        async for o in self.store.list(TREES_PREFIX):
+            tid = hashing.parse_hex_id(o.key[len(TREES_PREFIX):])
+            if tid is not None:
+                try:
+                    tree = await self._load_tree(tid, o.key)
+                except IngestError:
+                    continue              # verify says what is wrong with it
+                files.update(e.file_id for e in tree.entries if e.manifest is not None)
+        files.discard(None)
         return {
             "refs": len(refs),
-            "files": len(sizes[FILES_PREFIX]),
+            "files": len(files),
             "logical_bytes": logical,
             "stored_bytes": stored,
             "pack_bytes": sum(sizes[PACK_PREFIX]),
@@ -1011,18 +1091,13 @@ class Repository:
             for _, fut in window:
                 fut.cancel()
         ids_ok: dict[bytes, Manifest] = {}
-        async for o in self.store.list(FILES_PREFIX):
-            rep.files += 1
-            fid = hashing.parse_hex_id(o.key[len(FILES_PREFIX):])
-            what = f"manifest {o.key[len(FILES_PREFIX):]}"
-            if fid is None:
-                rep.problems.append(f"{o.key}: not a file id")
-                continue
+
+        def check_manifest(fid: bytes, data, what: str) -> None:
             try:
-                m = Manifest.decode(await self.store.get(o.key), what, fid)
+                m = Manifest.decode(data, what, fid)
             except IngestError as e:
                 rep.problems.append(str(e))
-                continue
+                return
             locs = m.locations()
             for i, (pack, foff, flen, fraw, codec, off, ln) in enumerate(zip(
                     locs["pack"].tolist(), locs["frame_offset"].tolist(),
@@ -1031,23 +1106,43 @@ class Repository:
                 good = chunks_at.get(pack)
                 if good is None:
                     rep.problems.append(f"{what}: chunk {i} is in missing or damaged pack {pack.hex()}")
-                    break
+                    return
                 if (foff, flen, fraw, codec, off, ln, bytes(m.chunks["id"][i])) not in good:
                     rep.problems.append(f"{what}: chunk {i} is not where the manifest says")
-                    break
-            else:
-                ids_ok[fid] = m
+                    return
+            ids_ok[fid] = m
+
+        listed: set[bytes] = set()
+        async for o in self.store.list(FILES_PREFIX):
+            rep.files += 1
+            fid = hashing.parse_hex_id(o.key[len(FILES_PREFIX):])
+            if fid is None:
+                rep.problems.append(f"{o.key}: not a file id")
+                continue
+            listed.add(fid)
+            check_manifest(fid, await self.store.get(o.key),
+                           f"manifest {o.key[len(FILES_PREFIX):]}")
+        # Trees, and the manifests they keep (docs/FORMAT.md 9.2).
         trees: dict[bytes, Tree | None] = {}
+        inline: set[bytes] = set()
         async for o in self.store.list(TREES_PREFIX):
             tid = hashing.parse_hex_id(o.key[len(TREES_PREFIX):])
             if tid is None:
                 rep.problems.append(f"{o.key}: not a tree id")
                 continue
             try:
-                trees[tid] = Tree.decode(await self.store.get(o.key), f"tree {tid.hex()}", tid)
+                trees[tid] = tree = Tree.decode(await self.store.get(o.key),
+                                                f"tree {tid.hex()}", tid)
             except IngestError as e:
                 trees[tid] = None
                 rep.problems.append(str(e))
+                continue
+            for e in tree.entries:
+                if e.manifest is None or e.file_id in inline:
+                    continue
+                inline.add(e.file_id)
+                rep.files += e.file_id not in listed
+                check_manifest(e.file_id, e.manifest, f"manifest of {e.path} in tree {tid.hex()}")
 
         def check(name: str, fid: str, size: int, sha: str | None) -> None:
             rep.refs += 1

@@ -321,7 +321,6 @@ def test_small_files_of_a_tree_share_frames(tmp_path):
     import struct
     import numpy as np
     from ingest.compression import ZSTD_BG2
-    from ingest.manifest import Manifest, key as manifest_key
     from ingest.pipeline import SHARED_FRAME
     tree = tmp_path / "tree"
     tree.mkdir()
@@ -339,7 +338,7 @@ def test_small_files_of_a_tree_share_frames(tmp_path):
             assert len(results) == 61
             frames = {}
             for r in results:
-                m = Manifest.decode(await repo.store.get(manifest_key(bytes.fromhex(r.file_id))))
+                m = (await repo.resolve(r.file_id))[1]      # kept in the tree
                 keys = {(m.packs[f["pack"]], int(f["offset"])): (int(f["length"]), int(f["codec"]))
                         for f in m.frames}
                 assert all(int(f["raw_len"]) <= SHARED_FRAME for f in m.frames)
@@ -432,11 +431,11 @@ def test_one_failing_ref_fails_only_its_file(tmp_path):
 
 
 def test_a_directory_is_named_by_one_tree(store_url, tmp_path):
-    """put_tree of a directory names its files with one tree and one tree
-    ref, not a ref per file: a new tree of 40 files costs puts for its
-    manifests and two more, a re-ingest of it unchanged writes nothing, and
-    a changed one writes the changed manifests, a tree and its ref; the
-    names are then exactly the directory's files."""
+    """put_tree of a directory names its small files with one tree, which
+    keeps their manifests, and one tree ref: no object per file.  A
+    re-ingest of it unchanged writes nothing, a changed one a tree and its
+    ref (beside its new data); the names are then exactly the directory's
+    files."""
     tree = tmp_path / "tree"
     for i in range(40):
         (tree / f"d{i % 3}").mkdir(parents=True, exist_ok=True)
@@ -455,7 +454,7 @@ def test_a_directory_is_named_by_one_tree(store_url, tmp_path):
             first = await repo.put_tree([tree])
             assert await keys(store, "refs/") == ["refs/tree"]
             assert len(await keys(store, "trees/")) == 1
-            assert len(await keys(store, "files/")) == 40
+            assert await keys(store, "files/") == []          # small: kept in the tree
             names = sorted(r.ref for r in first)
             assert [r.name for r in await repo.list_refs("tree/")] == names
             t0 = (await repo.get_ref("tree/d0/f0.txt")).time
@@ -473,8 +472,8 @@ def test_a_directory_is_named_by_one_tree(store_url, tmp_path):
             p0 = puts()
             changed = {r.ref: r for r in await repo.put_tree([tree])}
             if remote:
-                # A pack and its index shard, two manifests, the tree, its ref.
-                assert puts() - p0 == 6
+                # A pack and its index shard, the tree (with the manifests), its ref.
+                assert puts() - p0 == 4
             assert len(changed) == 40
             assert await repo.read("tree/d1/f1.txt") == b"changed"
             assert await repo.read("tree/d2/new.txt") == b"added"

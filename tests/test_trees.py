@@ -46,7 +46,9 @@ def _raw(path: bytes, flags: int = 0, sha: bytes = b"") -> bytes:
     (_payload(1 << 30), "claims"),                                     # no huge allocation
     (_payload(2, _raw(b"b"), _raw(b"a")), "not sorted"),
     (_payload(2, _raw(b"a"), _raw(b"a")), "not sorted or repeated"),
-    (_payload(1, _raw(b"a", flags=2)), "flags"),
+    (_payload(1, _raw(b"a", flags=4)), "flags"),
+    (_payload(1, _raw(b"a", flags=2) + struct.pack("<I", 9) + b"short"), "does not fit"),
+    (_payload(1, _raw(b"a", flags=2) + struct.pack("<I", (64 << 10) + 1)), "does not fit"),
     (_payload(1, _raw(b"a", flags=1)), "truncated"),                   # the sha256 is missing
     (_payload(1, _raw(b"a"), tail=b"x"), "after the last entry"),
     (_payload(1, _raw(b"\xff")), "not UTF-8"),
@@ -240,4 +242,84 @@ def test_a_tree_too_large_is_refused_before_anything_is_written(tmp_path, monkey
                 await repo.put_tree([src])
             for prefix in ("packs/", "files/", "trees/", "refs/"):
                 assert not [o async for o in repo.store.list(prefix)], prefix
+    run(go())
+
+
+class CountingStore(LocalStore):
+    """A real local store that counts its listings."""
+
+    def __init__(self, root) -> None:
+        super().__init__(root)
+        self.listed: list[str] = []
+
+    async def list(self, prefix: str = ""):
+        self.listed.append(prefix)
+        async for o in super().list(prefix):
+            yield o
+
+
+def test_small_files_keep_their_manifests_in_the_tree(tmp_path):
+    big = os.urandom(3 << 20)                         # past SMALL_FILE: files/<id>
+    src, files = _tree(tmp_path, files={"a.txt": b"alpha " * 100, "sub/b.txt": b"beta " * 200,
+                                        "big.bin": big})
+
+    async def go():
+        async with await Repository.open(tmp_path / "s") as repo:
+            got = {r.ref: r for r in await repo.put_tree([src])}
+        ids = {r.ref: r.file_id for r in got.values()}
+        store = CountingStore(tmp_path / "s")
+        assert [o.key async for o in store.list("files/")] == ["files/" + ids["pkg/big.bin"]]
+        async with await Repository.open(store) as repo:
+            # By bare file id, in a process that has seen no tree: one listing of trees/.
+            for rel, data in files.items():
+                assert await repo.read(ids[f"pkg/{rel}"]) == data
+            assert store.listed.count("trees/") == 1
+            out = tmp_path / "out"
+            out.mkdir()
+            sizes = await repo.restore_many([(ids[f"pkg/{r}"], out / r.replace("/", "_"))
+                                             for r in files])
+            assert sizes == [len(d) for d in files.values()]
+            with pytest.raises(NotFound):
+                await repo.read("ab" * 32)                   # nobody stored it
+            with pytest.raises(NotFound):
+                await repo.read("cd" * 32)
+            assert store.listed.count("trees/") <= 2         # not a listing per miss
+            rep = await repo.verify()
+            assert rep.ok and rep.files == 3, rep
+            st = await repo.stats()
+            assert st["files"] == 3 and st["refs"] == 3
+    run(go())
+
+
+def test_a_replacing_tree_keeps_the_manifests_of_what_it_keeps(tmp_path):
+    src, files = _tree(tmp_path)
+
+    async def go():
+        async with await Repository.open(tmp_path / "s") as repo:
+            await repo.put_tree([src])
+            old = decode_ref("pkg", await repo.store.get("refs/pkg")).tree_id
+            (src / "a.txt").write_bytes(b"changed")
+            await repo.put_tree([src])
+            await repo.store.delete("trees/" + old)            # as a collector would
+        async with await Repository.open(tmp_path / "s") as repo:
+            assert await repo.read("pkg/a.txt") == b"changed"
+            for rel in ("sub/b.txt", "sub/deep/c.bin"):
+                assert await repo.read(f"pkg/{rel}") == files[rel]
+                assert await repo.read((await repo.get_ref(f"pkg/{rel}")).file_id) == files[rel]
+            rep = await repo.verify()
+            assert rep.ok, rep.problems
+    run(go())
+
+
+def test_verify_checks_the_manifests_a_tree_keeps(tmp_path):
+    async def go():
+        async with await Repository.open(tmp_path / "s") as repo:
+            a = await repo.put_bytes(b"first file", ref="x/a")
+            b = await repo.put_bytes(b"second file", ref="x/b")
+            # A tree whose entry for a carries b's manifest.
+            wrong = await repo.store.get("files/" + b.file_id)
+            await repo._put_tree_ref("t", Tree.of([TreeEntry(
+                "a", bytes.fromhex(a.file_id), a.size, None, wrong)]))
+            rep = await repo.verify()
+            assert any("manifest of a in tree" in p for p in rep.problems), rep.problems
     run(go())
