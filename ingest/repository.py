@@ -495,14 +495,18 @@ class Repository:
             fid = bytes.fromhex(ref.file_id)
         m = self._manifests.get(fid)
         if m is None:
-            what = f"manifest {fid.hex()}"
-            try:
-                data = await self.store.get(manifest_key(fid))
-            except ObjectNotFound:
-                data = (await self._kept_manifests([fid])).get(fid)
-                if data is None:
-                    raise NotFound(f"unknown file id {fid.hex()}") from None
-                what = f"manifest {fid.hex()} (kept in a tree)"
+            # A manifest that a tree this process has read keeps: no files/ read.
+            data = (await self._kept_manifests([fid], list_trees=False)).get(fid)
+            what = f"manifest {fid.hex()} (kept in a tree)"
+            if data is None:
+                what = f"manifest {fid.hex()}"
+                try:
+                    data = await self.store.get(manifest_key(fid))
+                except ObjectNotFound:
+                    data = (await self._kept_manifests([fid])).get(fid)
+                    if data is None:
+                        raise NotFound(f"unknown file id {fid.hex()}") from None
+                    what += " (kept in a tree)"
             m = await self._run(Manifest.decode, data, what, fid)
             self._cache_manifest(fid, m)
         return fid, m
@@ -603,13 +607,14 @@ class Repository:
                 if e.manifest is not None:
                     self._in_trees.setdefault(e.file_id, (tid, e.path))
 
-    async def _kept_manifests(self, fids: list[bytes]) -> dict[bytes, bytes]:
+    async def _kept_manifests(self, fids: list[bytes], *, list_trees: bool = True
+                              ) -> dict[bytes, bytes]:
         """The manifests that trees keep for these file ids (docs/FORMAT.md
         9.2), found through the trees this process has seen; if some are
-        not, the store's trees/ are listed again (at most every
-        TREES_RELIST seconds: a file id nobody stored costs no listing
-        each) and the new ones read."""
-        if any(f not in self._in_trees for f in fids) and (
+        not (and `list_trees`), the store's trees/ are listed again (at most
+        every TREES_RELIST seconds: a file id nobody stored costs no
+        listing each) and the new ones read."""
+        if list_trees and any(f not in self._in_trees for f in fids) and (
                 time.monotonic() - self._trees_listed_at >= TREES_RELIST):
             self._trees_listed_at = time.monotonic()
             async for o in self.store.list(TREES_PREFIX):
@@ -903,8 +908,11 @@ class Repository:
         fids = [f for f in dict.fromkeys(fids) if f not in got]
         if not fids:
             return got
-        datas = await self.store.get_many([manifest_key(f) for f in fids])
-        found = [(f, d) for f, d in zip(fids, datas) if d is not None]
+        kept = await self._kept_manifests(fids, list_trees=False)
+        found = list(kept.items())
+        fids = [f for f in fids if f not in kept]
+        datas = await self.store.get_many([manifest_key(f) for f in fids]) if fids else []
+        found += [(f, d) for f, d in zip(fids, datas) if d is not None]
         missing = [f for f, d in zip(fids, datas) if d is None]
         if missing:
             found += list((await self._kept_manifests(missing)).items())
