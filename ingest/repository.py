@@ -1056,6 +1056,13 @@ class Repository:
         id, every pack's footer and frames check out and every chunk hashes to
         its id, and every manifest's chunks are where it says."""
         rep = VerifyReport()
+
+        def id_in(key: str, prefix: str, kind: str) -> bytes | None:
+            """The id a key names, or None (and a problem) if it names none."""
+            got = hashing.parse_hex_id(key[len(prefix):])
+            if got is None:
+                rep.problems.append(f"{key}: not a {kind} id")
+            return got
         # pack id -> {(frame offset, frame length, raw length, codec, chunk offset, length, id)}
         chunks_at: dict[bytes, set] = {}
 
@@ -1085,9 +1092,8 @@ class Repository:
         try:
             async for o in self.store.list(PACK_PREFIX):
                 rep.packs += 1
-                pid = hashing.parse_hex_id(o.key[len(PACK_PREFIX):])
+                pid = id_in(o.key, PACK_PREFIX, "pack")
                 if pid is None:
-                    rep.problems.append(f"{o.key}: not a pack id")
                     continue
                 window.append((pid, asyncio.ensure_future(check_pack(o.key, pid))))
                 if len(window) >= VERIFY_PACKS:
@@ -1123,9 +1129,8 @@ class Repository:
         listed: set[bytes] = set()
         async for o in self.store.list(FILES_PREFIX):
             rep.files += 1
-            fid = hashing.parse_hex_id(o.key[len(FILES_PREFIX):])
+            fid = id_in(o.key, FILES_PREFIX, "file")
             if fid is None:
-                rep.problems.append(f"{o.key}: not a file id")
                 continue
             listed.add(fid)
             check_manifest(fid, await self.store.get(o.key),
@@ -1134,9 +1139,8 @@ class Repository:
         trees: dict[bytes, Tree | None] = {}
         inline: set[bytes] = set()
         async for o in self.store.list(TREES_PREFIX):
-            tid = hashing.parse_hex_id(o.key[len(TREES_PREFIX):])
+            tid = id_in(o.key, TREES_PREFIX, "tree")
             if tid is None:
-                rep.problems.append(f"{o.key}: not a tree id")
                 continue
             try:
                 trees[tid] = tree = Tree.decode(await self.store.get(o.key),
