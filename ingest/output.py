@@ -82,7 +82,9 @@ class OutputFile:
     def write(self, blocks) -> None:
         if not self.direct and not self._fill:
             for b in blocks:                 # buffered: no need to stage
-                self.size += _write_fd(self.fd, b)
+                mv = memoryview(b).cast("B")
+                self.size += len(mv)
+                self._write(mv)
             return
         stage = self._stage
         cap = len(stage)
@@ -110,7 +112,7 @@ class OutputFile:
             self._write(self._stage[:whole])
         if whole < fill:
             self._buffered()
-            _write_fd(self.fd, self._stage[whole:fill])
+            self._write(self._stage[whole:fill])
 
     def close(self) -> None:
         self._stage.release()
@@ -138,10 +140,3 @@ class OutputFile:
             fcntl.fcntl(self.fd, fcntl.F_SETFL, flags & ~O_DIRECT)
             self.direct = False
 
-
-def _write_fd(fd: int, data) -> int:
-    mv = memoryview(data).cast("B")
-    n = len(mv)
-    while len(mv):
-        mv = mv[os.write(fd, mv):]
-    return n

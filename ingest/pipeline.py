@@ -848,15 +848,12 @@ class WriteSession:
         (a tree keeps it, docs/FORMAT.md 9.2)."""
         await self._stored(w.deferred.frames, flush)
         fid, build = self._identify(w)
-        r = _result(w, ref, fid)
-        r.manifest = None
         if fid == named:
-            return r
-        if keep:
-            r.manifest = _keepable(build)
-        if r.manifest is None:
+            return _result(w, ref, fid)
+        manifest = _keepable(build) if keep else None
+        if manifest is None:
             await self._meta.write(fid, build, ref, w.size, w.sha256)
-        return r
+        return _result(w, ref, fid, manifest)
 
     async def commit_many(self, ws: list[_Written], refs: list[str | None],
                           named: list[bytes | None] | None = None,
@@ -885,24 +882,17 @@ class WriteSession:
                 out[k] = e
                 continue
             if fid == named[k]:
-                out[k] = r = _result(w, ref, fid)
-                r.manifest = None
+                out[k] = _result(w, ref, fid)
                 continue
-            if keep[k]:
-                manifest = _keepable(build)
-                if manifest is not None:
-                    out[k] = r = _result(w, ref, fid)
-                    r.manifest = manifest
-                    continue
+            manifest = _keepable(build) if keep[k] else None
+            if manifest is not None:
+                out[k] = _result(w, ref, fid, manifest)
+                continue
             todo.append((k, fid))
             items.append((fid, build, ref, w.size, w.sha256))
         for (k, fid), fut in zip(todo, await self._meta.write_many(items)):
             e = fut.exception()
-            if e is None:
-                out[k] = r = _result(ws[k], refs[k], fid)
-                r.manifest = None
-            else:
-                out[k] = e
+            out[k] = e if e is not None else _result(ws[k], refs[k], fid)
         return out
 
     async def _stored(self, frames, flush: bool) -> None:
@@ -983,9 +973,15 @@ def _keepable(build: Callable[[], Manifest]) -> bytes | None:
     return data if len(data) <= MAX_INLINE_MANIFEST else None
 
 
-def _result(w: _Written, ref: str | None, fid: bytes) -> IngestResult:
-    return IngestResult(ref, fid.hex(), w.size, w.sha256 and w.sha256.hex(), len(w.locs),
-                        w.new_chunks, w.new_bytes, w.size - w.new_bytes, w.stored_bytes())
+def _result(w: _Written, ref: str | None, fid: bytes,
+            manifest: bytes | None = None) -> IngestResult:
+    """The file's result; `manifest`, the encoded manifest a tree is to
+    keep (commit(keep=True)), rides along as an attribute, not a field:
+    it is not part of what a result reports."""
+    r = IngestResult(ref, fid.hex(), w.size, w.sha256 and w.sha256.hex(), len(w.locs),
+                     w.new_chunks, w.new_bytes, w.size - w.new_bytes, w.stored_bytes())
+    r.manifest = manifest
+    return r
 
 
 class _BufferedBlocks:

@@ -305,12 +305,12 @@ class Repository:
         # files/<id>: a package version's manifests were 959 of its 976
         # objects (a PUT each on S3).
         keep = [("/" in ref and size <= SMALL_FILE) for _, ref, size in planned]
-        named: list[bytes | None] = [None] * len(planned)
-        for i, (_, ref, _) in enumerate(planned):
+        # Each file's entry in the tree its directory replaces, if any.
+        prior: list[TreeEntry | None] = []
+        for _, ref, _ in planned:
             root, sep, rel = ref.partition("/")
-            if sep and root in old_trees:
-                e = old_trees[root][1].get(rel)
-                named[i] = e and e.file_id
+            prior.append(old_trees[root][1].get(rel) if sep and root in old_trees else None)
+        named = [e and e.file_id for e in prior]
         slots = asyncio.Semaphore(FILES_IN_FLIGHT)
         results: list[IngestResult | None] = [None] * len(planned)
         writes_left = len(planned)
@@ -404,10 +404,9 @@ class Repository:
             await asyncio.gather(*tasks, return_exceptions=True)
             await _quiet_flush(s)
             raise
-        done = [r for r in results if r is not None]
         if roots:
-            await self._name_trees(roots, old_trees, done)
-        return done
+            await self._name_trees(roots, old_trees, results, prior)
+        return [r for r in results if r is not None]
 
     async def _old_trees(self, roots: list[str]) -> dict[str, tuple[TreeRef, Tree]]:
         """The trees at these names, where trees are there (a damaged one is
@@ -425,22 +424,23 @@ class Repository:
         return out
 
     async def _name_trees(self, roots: list[str], old: dict[str, tuple[TreeRef, Tree]],
-                          results: list[IngestResult]) -> None:
+                          results: list[IngestResult | None],
+                          prior: list[TreeEntry | None]) -> None:
         """Write each root's tree and tree ref (every manifest is stored by
         now), then delete the ref objects below it that would hide its
-        names: what a tree names is what the directory held."""
+        names: what a tree names is what the directory held.  `prior[i]`:
+        result i's entry in the tree it replaces."""
         entries: dict[str, dict[str, TreeEntry]] = {r: {} for r in roots}
-        for r in results:
+        for r, e in zip(results, prior):
+            if r is None:
+                continue
             root, sep, rel = r.ref.partition("/")
             if not sep:
                 continue
             fid = bytes.fromhex(r.file_id)
-            manifest = getattr(r, "manifest", None)
-            if manifest is None and root in old:
-                # Unchanged: the manifest is where the replaced tree had it.
-                e = old[root][1].get(rel)
-                if e is not None and e.file_id == fid:
-                    manifest = e.manifest
+            manifest = r.manifest
+            if manifest is None and e is not None and e.file_id == fid:
+                manifest = e.manifest      # unchanged: where the replaced tree had it
             # A path listed twice: the later one, as a later ref would.
             entries[root][rel] = TreeEntry(rel, fid, r.size, r.sha256 and bytes.fromhex(r.sha256),
                                            manifest)
@@ -495,21 +495,31 @@ class Repository:
             fid = bytes.fromhex(ref.file_id)
         m = self._manifests.get(fid)
         if m is None:
-            # A manifest that a tree this process has read keeps: no files/ read.
-            data = (await self._kept_manifests([fid], list_trees=False)).get(fid)
-            what = f"manifest {fid.hex()} (kept in a tree)"
-            if data is None:
-                what = f"manifest {fid.hex()}"
-                try:
-                    data = await self.store.get(manifest_key(fid))
-                except ObjectNotFound:
-                    data = (await self._kept_manifests([fid])).get(fid)
-                    if data is None:
-                        raise NotFound(f"unknown file id {fid.hex()}") from None
-                    what += " (kept in a tree)"
-            m = await self._run(Manifest.decode, data, what, fid)
+            got = (await self._manifest_objects([fid])).get(fid)
+            if got is None:
+                raise NotFound(f"unknown file id {fid.hex()}")
+            m = await self._run(Manifest.decode, got[0], got[1], fid)
             self._cache_manifest(fid, m)
         return fid, m
+
+    async def _manifest_objects(self, fids: list[bytes]) -> dict[bytes, tuple[bytes, str]]:
+        """(stored manifest, its name for errors) of each file id found: kept
+        by a tree this process has read (no files/ read), else at
+        files/<id>, else kept by a tree it has not read yet."""
+        out = {f: (d, f"manifest {f.hex()} (kept in a tree)")
+               for f, d in (await self._kept_manifests(fids, list_trees=False)).items()}
+        rest = [f for f in fids if f not in out]
+        datas = await self.store.get_many([manifest_key(f) for f in rest]) if rest else []
+        missing = []
+        for f, d in zip(rest, datas):
+            if d is None:
+                missing.append(f)
+            else:
+                out[f] = (d, f"manifest {f.hex()}")
+        if missing:
+            out.update((f, (d, f"manifest {f.hex()} (kept in a tree)"))
+                       for f, d in (await self._kept_manifests(missing)).items())
+        return out
 
     def _cache_manifest(self, fid: bytes, m: Manifest) -> None:
         if len(self._manifests) >= 256:
@@ -607,6 +617,20 @@ class Repository:
                 if e.manifest is not None:
                     self._in_trees.setdefault(e.file_id, (tid, e.path))
 
+    async def _index_trees(self, keys: list[str]) -> None:
+        """Read the trees at these keys (a listing of trees/) that this
+        process has not indexed, so that _in_trees knows what they keep."""
+        self._trees_listed_at = time.monotonic()
+        for key in keys:
+            tid = hashing.parse_hex_id(key[len(TREES_PREFIX):])
+            if tid is None or tid in self._indexed_trees:
+                continue
+            try:
+                await self._load_tree(tid, key)
+            except IngestError as e:
+                log.warning("skipping %s: %s", key, e)
+                self._indexed_trees.add(tid)      # damaged: not read again
+
     async def _kept_manifests(self, fids: list[bytes], *, list_trees: bool = True
                               ) -> dict[bytes, bytes]:
         """The manifests that trees keep for these file ids (docs/FORMAT.md
@@ -616,16 +640,7 @@ class Repository:
         listing each) and the new ones read."""
         if list_trees and any(f not in self._in_trees for f in fids) and (
                 time.monotonic() - self._trees_listed_at >= TREES_RELIST):
-            self._trees_listed_at = time.monotonic()
-            async for o in self.store.list(TREES_PREFIX):
-                tid = hashing.parse_hex_id(o.key[len(TREES_PREFIX):])
-                if tid is None or tid in self._indexed_trees:
-                    continue
-                try:
-                    await self._load_tree(tid, o.key)
-                except IngestError as e:
-                    log.warning("skipping %s: %s", o.key, e)
-                    self._indexed_trees.add(tid)      # damaged: not read again
+            await self._index_trees([o.key async for o in self.store.list(TREES_PREFIX)])
         by_tree: dict[bytes, list[tuple[bytes, str]]] = {}
         for f in dict.fromkeys(fids):
             at = self._in_trees.get(f)
@@ -908,20 +923,13 @@ class Repository:
         fids = [f for f in dict.fromkeys(fids) if f not in got]
         if not fids:
             return got
-        kept = await self._kept_manifests(fids, list_trees=False)
-        found = list(kept.items())
-        fids = [f for f in fids if f not in kept]
-        datas = await self.store.get_many([manifest_key(f) for f in fids]) if fids else []
-        found += [(f, d) for f, d in zip(fids, datas) if d is not None]
-        missing = [f for f, d in zip(fids, datas) if d is None]
-        if missing:
-            found += list((await self._kept_manifests(missing)).items())
+        found = list((await self._manifest_objects(fids)).items())
 
         def decode_all():
             out = []
-            for fid, data in found:
+            for fid, (data, what) in found:
                 try:
-                    out.append((fid, Manifest.decode(data, f"manifest {fid.hex()}", fid)))
+                    out.append((fid, Manifest.decode(data, what, fid)))
                 except IngestError:
                     pass            # resolve() reads it again and says what is wrong
             return out
@@ -1020,24 +1028,18 @@ class Repository:
 
     # -- whole-store views ---------------------------------------------------------
     async def stats(self) -> dict:
-        sizes: dict[str, list[int]] = {}
+        listed: dict[str, list] = {}
         for prefix in (PACK_PREFIX, INDEX_PREFIX, FILES_PREFIX, REFS_PREFIX, TREES_PREFIX):
-            sizes[prefix] = [o.size async for o in self.store.list(prefix)]
+            listed[prefix] = [o async for o in self.store.list(prefix)]
+        sizes = {prefix: [o.size for o in objs] for prefix, objs in listed.items()}
         refs = await self.list_refs()
         await self.index_ready()          # "chunks" counts the index
         logical = sum(r.size for r in refs)
         stored = sum(sum(v) for v in sizes.values())
         # Files with a manifest: at files/<id>, or kept in a tree.
-        files = {hashing.parse_hex_id(o.key[len(FILES_PREFIX):])
-                 async for o in self.store.list(FILES_PREFIX)}
-        async for o in self.store.list(TREES_PREFIX):
-            tid = hashing.parse_hex_id(o.key[len(TREES_PREFIX):])
-            if tid is not None:
-                try:
-                    tree = await self._load_tree(tid, o.key)
-                except IngestError:
-                    continue              # verify says what is wrong with it
-                files.update(e.file_id for e in tree.entries if e.manifest is not None)
+        await self._index_trees([o.key for o in listed[TREES_PREFIX]])
+        files = {hashing.parse_hex_id(o.key[len(FILES_PREFIX):]) for o in listed[FILES_PREFIX]}
+        files.update(self._in_trees)
         files.discard(None)
         return {
             "refs": len(refs),

@@ -105,6 +105,15 @@ def _store_status(e: StoreError) -> tuple[int, str]:
     return 502, "store_error"
 
 
+def _listing(ns: str, prefix: str, refs, last: str | None) -> web.Response:
+    """A listing page: its refs' files, and a cursor after `last` (None: no more)."""
+    return web.json_response({
+        "namespace": ns, "prefix": prefix,
+        "files": [{"path": r.name[len(ns) + 1:], "file_id": r.file_id, "size": r.size,
+                   "sha256": r.sha256, "time": r.time} for r in refs],
+        "next_cursor": _cursor(last) if last is not None else None})
+
+
 def _cursor(name: str) -> str:
     return base64.urlsafe_b64encode(name.encode()).decode().rstrip("=")
 
@@ -763,11 +772,7 @@ class Daemon:
                     if after is None or r.name[len(ns) + 1:] > after]
             more = len(refs) > limit
             refs = refs[:limit]
-            return web.json_response({
-                "namespace": ns, "prefix": prefix,
-                "files": [{"path": r.name[len(ns) + 1:], "file_id": r.file_id, "size": r.size,
-                           "sha256": r.sha256, "time": r.time} for r in refs],
-                "next_cursor": _cursor(refs[-1].name[len(ns) + 1:]) if more else None})
+            return _listing(ns, prefix, refs, refs[-1].name[len(ns) + 1:] if more else None)
         names = await self._list_keys(repo.store, base + prefix,
                                       base + after if after else None, limit + 1)
         more = len(names) > limit
@@ -781,10 +786,8 @@ class Daemon:
                 except NotFound:
                     return None         # deleted while listing
         refs = await asyncio.gather(*(one(n) for n in names))
-        files = [{"path": r.name[len(ns) + 1:], "file_id": r.file_id, "size": r.size,
-                  "sha256": r.sha256, "time": r.time} for r in refs if r is not None]
-        return web.json_response({"namespace": ns, "prefix": prefix, "files": files,
-                                  "next_cursor": _cursor(names[-1]) if more else None})
+        return _listing(ns, prefix, [r for r in refs if r is not None],
+                        names[-1] if more else None)
 
     @staticmethod
     async def _list_keys(store, prefix: str, after: str | None, n: int) -> list[str]:
