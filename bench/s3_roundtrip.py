@@ -17,6 +17,7 @@ import argparse
 import asyncio
 import os
 import pathlib
+import shutil
 import statistics
 import sys
 import tempfile
@@ -76,7 +77,10 @@ def main() -> int:
     base = work / "corpus"
     ingest.tune_malloc()
     sw = _load_seaweedfs()
-    weed = sw.SeaweedFS(work / "seaweedfs")
+    # A server of its own each run: with --workdir kept between runs, the
+    # buckets of the last one were still there (CreateBucket refused).
+    weed_dir = pathlib.Path(tempfile.mkdtemp(prefix="seaweedfs-", dir=work))
+    weed = sw.SeaweedFS(weed_dir)
     weed.start()
     os.environ.update(weed.env())
     loop = new_event_loop()
@@ -92,6 +96,7 @@ def main() -> int:
                 runs[p].append(res["times"][p])
             wrong = sum((out / ref).read_bytes() != (base / ref).read_bytes()
                         for _, ref in res["files"])
+            shutil.rmtree(out, ignore_errors=True)
             bad += wrong
             print(f"round {r + 1}: " + ", ".join(
                 f"{p} {t:.2f} s (cpu {c:.2f})" for p, (t, c) in res["times"].items())
@@ -99,6 +104,7 @@ def main() -> int:
     finally:
         loop.close()
         weed.stop()
+        shutil.rmtree(weed_dir, ignore_errors=True)
     print(f"{args.corpus} into SeaweedFS, medians of {args.repeat}: " + ", ".join(
         f"{p} {statistics.median(t for t, _ in runs[p]):.2f} s "
         f"(cpu {statistics.median(c for _, c in runs[p]):.2f})" for p in PHASES))
