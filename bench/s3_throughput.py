@@ -19,8 +19,12 @@ rounds (the order reversed every other round; medians reported):
                that store (read from a session at start: E) is the C of the
                raw line it is compared with
   engine s3 pN the same through `repo.session(max_packs_in_flight=N)` (--packs)
-  engine s3 botocore  (--corpus only) the corpus with `fast_requests=False`:
-               every request through botocore, none signed by the store
+  engine s3 botocore  the same with `fast_requests=False`: every request
+               through botocore, none signed by the store
+  engine s3 unsigned  (--unsigned) the same with `payload_signing=False`:
+               PUTs carry their CRC32 but no signed SHA-256 (an http
+               endpoint inside a trusted network; SeaweedFS does not check
+               the SHA-256 anyway)
   engine local `put_bytes` into a local store in the temporary directory
   engine null  `put_bytes` into a store that keeps nothing of a pack but its
                size: the engine's own speed, no store at all
@@ -260,7 +264,7 @@ class Bench:
                    # bucket set-up included): other users of a shared box
                    other_cpu=max(0.0, (s1 - s0) - client - (w1 - w0)))
         self.runs.append(out)
-        print(f"  {data_name:8} {name:16} {out['seconds']:7.2f} s  {out['mb_s']:7.1f} MB/s  "
+        print(f"  {data_name:8} {name:18} {out['seconds']:7.2f} s  {out['mb_s']:7.1f} MB/s  "
               f"cpu: client {out['client_cpu']:5.1f} s, weed {out['server_cpu']:5.1f} s, "
               f"others {out['other_cpu']:5.1f} s", flush=True)
         return out
@@ -278,10 +282,13 @@ def variants(args, data_name: str, data, objects, paths, local_root: pathlib.Pat
                         lambda b, n=n: engine_put(open_store(f"s3://{b}/store"), data, packs=n)))
     else:
         out.append(("engine s3", lambda b: engine_put(open_store(f"s3://{b}/store"), paths=paths)))
-        # Every request through botocore, as before the store signed its own
-        # small ones (ingest/stores/s3fast.py): a tree is mostly those.
-        out.append(("engine s3 botocore", lambda b: engine_put(
-            open_store(f"s3://{b}/store", fast_requests=False), paths=paths)))
+    # Every request through botocore (ingest/stores/s3fast.py says what the
+    # store signs itself: a tree's small objects, a pack's body).
+    out.append(("engine s3 botocore", lambda b: engine_put(
+        open_store(f"s3://{b}/store", fast_requests=False), data, paths)))
+    if args.unsigned:
+        out.append(("engine s3 unsigned", lambda b: engine_put(
+            open_store(f"s3://{b}/store", payload_signing=False), data, paths)))
     if not args.no_local:
         def local(_b):
             d = local_root / uuid.uuid4().hex
@@ -366,13 +373,13 @@ def print_table(rows: list[dict]) -> None:
     print()
     print("medians over rounds; CPU in seconds (ours: this process; weed: the server; "
           "others: the rest of the machine)")
-    print(f"{'data':8} {'variant':16} {'MB/s':>8} {'time s':>8} {'x raw c' + str(ENGINE_PACKS):>9} "
+    print(f"{'data':8} {'variant':18} {'MB/s':>8} {'time s':>8} {'x raw c' + str(ENGINE_PACKS):>9} "
           f"{'per round':>9} {'x best raw':>10} {'cpu ours':>9} {'cpu weed':>9} {'others':>7}")
     for r in rows:
         ratio = f"{r['ratio']:.2f}" if r["ratio"] is not None else "-"
         rounds = f"{r['ratio_rounds_median']:.2f}" if r["ratio_rounds_median"] is not None else "-"
         best = f"{r['ratio_best_raw']:.2f}" if r["ratio_best_raw"] is not None else "-"
-        print(f"{r['data']:8} {r['variant']:16} {r['mb_s']:8.1f} {r['seconds']:8.2f} {ratio:>9} "
+        print(f"{r['data']:8} {r['variant']:18} {r['mb_s']:8.1f} {r['seconds']:8.2f} {ratio:>9} "
               f"{rounds:>9} {best:>10} {r['client_cpu']:9.1f} {r['server_cpu']:9.1f} "
               f"{r['other_cpu']:7.1f}")
     for r in rows:
@@ -398,6 +405,8 @@ def main() -> int:
     ap.add_argument("--scale", type=float, default=1.0, help="corpus scale (default 1.0)")
     ap.add_argument("--no-random", action="store_true", help="skip the random bytes (with --corpus)")
     ap.add_argument("--no-local", action="store_true", help="skip the local-store reference")
+    ap.add_argument("--unsigned", action="store_true", help=(
+        "also run the engine with payload_signing=False (CRC32 only)"))
     ap.add_argument("--only", action="append", help="run only variants starting with this (repeatable)")
     ap.add_argument("--volume-mb", type=int, default=1024,
                     help="SeaweedFS volume size limit in MB (default 1024)")

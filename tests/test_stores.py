@@ -547,16 +547,21 @@ def test_s3_put_of_parts_copies_no_whole_body(s3_url):
 
 
 @pytest.mark.s3
-def test_s3_put_of_parts_retried_after_server_killed_mid_body(s3_url, seaweedfs, monkeypatch):
+@pytest.mark.parametrize("fast_requests", [True, False], ids=["signed-here", "botocore"])
+def test_s3_put_of_parts_retried_after_server_killed_mid_body(s3_url, seaweedfs, monkeypatch,
+                                                               fast_requests):
     """The server dies (SIGKILL) with half the body sent; the put retries
     until it is back and stores every byte: each attempt reads the parts
-    from the start, and the server kept nothing of the torn request."""
-    from ingest.stores import s3
+    from the start, and the server kept nothing of the torn request.  Both
+    ways a large body goes: our own signed request (the default) and
+    botocore's."""
+    from ingest.stores import s3, s3fast
     parts = [payload(5 << 20, 5), b"", bytearray(payload(7 << 20 | 3, 6)),
              memoryview(payload(9 << 20, 7))[1:]]
     want = b"".join(bytes(p) for p in parts)
     reached, killed = threading.Event(), threading.Event()
     real_read = s3.PartsReader.read
+    real_pieces = s3fast._pieces
 
     def read(self, size=-1):
         # aiohttp streams the body from the default executor; botocore's
@@ -566,11 +571,21 @@ def test_s3_put_of_parts_retried_after_server_killed_mid_body(s3_url, seaweedfs,
             reached.set()
             killed.wait(60)
         return real_read(self, size)
+
+    async def pieces(views):
+        sent = 0
+        async for piece in real_pieces(views):
+            if sent >= (8 << 20) and not reached.is_set():
+                reached.set()
+                await asyncio.to_thread(killed.wait, 60)
+            sent += piece.nbytes
+            yield piece
     monkeypatch.setattr(s3.PartsReader, "read", read)
+    monkeypatch.setattr(s3fast, "_pieces", pieces)
     policy = RetryPolicy(attempts=40, base=0.05, cap=0.5)
 
     async def go():
-        async with open_store(s3_url, retry=policy) as store:
+        async with open_store(s3_url, retry=policy, fast_requests=fast_requests) as store:
             await store.put("warm", b"x")
             put = asyncio.create_task(store.put("k", parts, if_absent=True))
             try:
@@ -584,6 +599,7 @@ def test_s3_put_of_parts_retried_after_server_killed_mid_body(s3_url, seaweedfs,
             finally:
                 await asyncio.to_thread(seaweedfs.start)
             assert await put is True
+            assert (store.inner._fast is not None) is fast_requests   # no hand-over either way
             return await store.get("k"), store.metrics()["put"]
     got, m = run(go())
     assert len(got) == len(want) and got == want
@@ -623,6 +639,90 @@ def test_s3_fast_requests_agree_with_botocore(s3_url):
                 assert await store.get("warm") == b""
             assert fast.inner._fast is not None and fast.inner._fast.proven   # nothing made it give up
     run(go())
+
+
+def test_payload_digests_are_those_of_the_joined_body():
+    import base64
+    import hashlib
+    import zlib
+    from ingest.stores.s3fast import payload_digests
+    parts = [payload(3 << 20, 1), b"", bytearray(payload(1001, 2)), memoryview(payload(70000, 3))[7:]]
+    joined = b"".join(bytes(p) for p in parts)
+    crc = base64.b64encode(zlib.crc32(joined).to_bytes(4, "big")).decode()
+    assert payload_digests([memoryview(p) for p in parts]) == (hashlib.sha256(joined).hexdigest(), crc)
+    assert payload_digests([memoryview(p) for p in parts], sha256=False) == (None, crc)
+
+
+def _count_botocore(store, op: str) -> list:
+    """Requests `op` botocore sends for this (connected) store, as they go."""
+    sent: list = []
+    store.inner._client.meta.events.register(f"before-send.s3.{op}",
+                                             lambda request, **_: sent.append(request.url))
+    return sent
+
+
+@pytest.mark.s3
+@pytest.mark.parametrize("signing", [None, True, False], ids=["as-botocore", "signed", "unsigned"])
+def test_s3_large_puts_are_signed_here(s3_url, signing):
+    """A pack-sized put of many parts goes out as our own signed request,
+    not botocore's, its payload hashed off the event loop; with
+    payload_signing False its signature leaves the SHA-256 out (the CRC32
+    still goes), and every way reads back byte for byte."""
+    from ingest.stores import s3fast
+    parts = [payload(1 << 20, i) for i in range(5)] + [b"", memoryview(payload(3 << 20 | 5, 9))[3:]]
+    want = b"".join(bytes(p) for p in parts)
+    hashes: list[str] = []
+
+    async def go():
+        async with open_store(s3_url, payload_signing=signing) as store:
+            await store.put("warm", b"x")
+            fast = store.inner._fast
+            assert fast is not None and fast.signs_payload is (signing is not False)
+            real_sign = fast._sign
+            fast._sign = lambda m, p, h, ph, c: (m == "PUT" and hashes.append(ph)
+                                                 or real_sign(m, p, h, ph, c))
+            boto = _count_botocore(store, "PutObject")
+            assert await store.put("big", parts) is True
+            assert await store.put("big2", parts, if_absent=True) is True
+            assert await store.put("big2", parts, if_absent=True) is False
+            # (the probe of If-None-Match is botocore's, under .ingest-probe/)
+            assert [u for u in boto if "/big" in u] == [] and store.inner._fast is fast
+            return await store.get("big"), await store.get("big2")
+    assert run(go()) == (want, want)
+    import hashlib
+    sha = hashlib.sha256(want).hexdigest()
+    assert hashes == [sha if signing is not False else s3fast.UNSIGNED_PAYLOAD] * 3
+
+
+@pytest.mark.s3
+def test_s3_unsigned_put_with_a_wrong_crc32_is_refused(s3_url, monkeypatch):
+    """Without a signed SHA-256 the CRC32 is what protects the body on the
+    way: the server checks it (SeaweedFS and S3 both), so a body that does
+    not match it is refused and nothing is stored.  Through the store, the
+    refused put goes again through botocore (as any refusal of ours does)
+    and stores the body intact."""
+    import botocore.exceptions as bce
+    from ingest.stores import s3
+    from ingest.stores.s3fast import payload_digests
+    parts = [payload(2 << 20, 1), payload(1 << 20, 2)]
+    views = [memoryview(p) for p in parts]
+
+    async def go():
+        async with open_store(s3_url, payload_signing=False) as store:
+            await store.put("warm", b"x")
+            fast = store.inner._fast
+            with pytest.raises(bce.ClientError) as e:
+                await fast.put_object(Key=store.inner.prefix + "big", Body=views,
+                                      Digests=(None, "AAAAAA=="))
+            assert e.value.response["Error"]["Code"] == "BadDigest"
+            assert await store.head("big") is None
+            monkeypatch.setattr(s3, "payload_digests",
+                                lambda v, sha256=True: (None, "AAAAAA=="))
+            assert await store.put("big", parts) is True
+            assert store.inner._fast is None
+            return await store.get("big")
+    assert run(go()) == b"".join(parts)
+    assert payload_digests(views, sha256=False)[1] != "AAAAAA=="
 
 
 @pytest.mark.s3

@@ -4,9 +4,9 @@ botocore spends 1.9-2.3 ms of CPU on every request here (py-spy, small PUTs
 and GETs into SeaweedFS on loopback: the hook emitter a third of it, SigV4
 signing 18%, response parsing 10%, the endpoint ruleset 7%, the user-agent
 string 7%), which makes a tree of small files on S3 bound by the client's
-CPU, not by the server.  `SignedRequests` does the three requests that
-dominate such a tree, GetObject, HeadObject and PutObject of small bodies,
-as one SigV4-signed aiohttp request each, and answers as the botocore
+CPU, not by the server.  `SignedRequests` does the object requests,
+GetObject, HeadObject and PutObject (a pack's too), as one SigV4-signed
+aiohttp request each, and answers as the botocore
 client would (the same dicts, `ClientError` with the same `Error` and
 `ResponseMetadata` fields, botocore's connection exceptions), so the
 S3Store's logic (If-None-Match, 412, 416, error mapping) is the same code
@@ -16,14 +16,20 @@ What stays with botocore: credentials (resolved and refreshed by the
 session: each request asks for the current frozen set), the bucket's URL
 (taken from the HeadBucket request botocore sends when the store connects,
 so addressing style and endpoint rules are botocore's), listings, deletes,
-large PUTs (packs), every request under a proxy, and every request after
+every request under a proxy, and every request after
 the server refuses one of ours or ours fail before any worked
 (S3Store._refused, S3Store._unproven): a signature, region or redirect
 answer, or a connection that only botocore's settings make, means this
 endpoint wants something only botocore does.
 
-Integrity is as botocore's: the payload's SHA-256 is signed (the server
-checks it) and its CRC32 is sent in x-amz-checksum-crc32.
+Integrity is as botocore's: every PUT sends its body's CRC32 in
+x-amz-checksum-crc32 (S3 and SeaweedFS refuse a body that does not match
+it), and over http the body's SHA-256 is signed too (S3 checks it;
+SeaweedFS 4.x does not), over https not (`payload_signing` changes that).
+A pack's body goes as its parts, never joined, its hashes computed in a
+worker thread in one pass: botocore hashes it on the event loop over 1 MiB
+copies, ~85 ms of the loop per 64 MiB pack here, and then aiohttp reads it
+through the default executor in 256 KiB copies.
 """
 from __future__ import annotations
 
@@ -42,6 +48,8 @@ import botocore.exceptions as bce
 from yarl import URL
 
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+UNSIGNED_PAYLOAD = "UNSIGNED-PAYLOAD"
+SEND_PIECE = 1 << 20        # most bytes of a body handed to aiohttp at once
 _ERROR_FIELD = re.compile(rb"<(Code|Message)>([^<]*)</\1>")
 
 
@@ -50,7 +58,8 @@ class SignedRequests:
     Bucket argument), taking and answering what botocore's client does."""
 
     def __init__(self, bucket_url: str, region: str, credentials, *, max_connections: int,
-                 connect_timeout: float, read_timeout: float) -> None:
+                 connect_timeout: float, read_timeout: float,
+                 payload_signing: bool | None = None) -> None:
         parts = urlsplit(bucket_url)
         self._scheme = parts.scheme
         self._host = parts.netloc
@@ -58,6 +67,11 @@ class SignedRequests:
         self.endpoint_url = f"{parts.scheme}://{parts.netloc}"
         self._region = region
         self._credentials = credentials
+        # None: as botocore does for S3, over https the payload is not hashed
+        # into the signature (TLS protects it; its CRC32 still goes with it),
+        # over http its SHA-256 is signed.
+        self.signs_payload = (parts.scheme != "https" if payload_signing is None
+                              else payload_signing)
         self._keys: dict[tuple[str, str], bytes] = {}     # (secret, date) -> signing key
         # Set by the first answer that shows the way works (a success, or
         # a 404, 412 or 416): until then any failure of ours is the
@@ -87,22 +101,35 @@ class SignedRequests:
         return {"ContentLength": int(hdrs.get("content-length", 0)),
                 "ResponseMetadata": {"HTTPStatusCode": status, "HTTPHeaders": hdrs}}
 
-    async def put_object(self, *, Key: str, Body: bytes,
-                         IfNoneMatch: str | None = None) -> dict:
-        headers = {"x-amz-checksum-crc32":
-                   base64.b64encode(zlib.crc32(Body).to_bytes(4, "big")).decode()}
+    async def put_object(self, *, Key: str, Body, IfNoneMatch: str | None = None,
+                         Digests: tuple[str, str] | None = None) -> dict:
+        """`Body`: bytes, or a list of byte buffers sent as their
+        concatenation (a pack's parts, never joined).  `Digests`: the
+        body's (SHA-256 hex, CRC32 header value) from payload_digests(),
+        computed by the caller off the event loop; without them they are
+        computed here (small bodies)."""
+        parts = [memoryview(Body).cast("B")] if isinstance(Body, (bytes, bytearray, memoryview)) \
+            else [memoryview(v).cast("B") for v in Body]
+        size = sum(v.nbytes for v in parts)
+        sha, crc = Digests if Digests is not None else payload_digests(parts, self.signs_payload)
+        headers = {"x-amz-checksum-crc32": crc}
         if IfNoneMatch is not None:
             headers["if-none-match"] = IfNoneMatch
-        status, hdrs, _ = await self._request("PUT", Key, headers, Body,
-                                              hashlib.sha256(Body).hexdigest(), "PutObject")
+        body = parts[0] if len(parts) == 1 and size <= SEND_PIECE else _pieces(parts)
+        status, hdrs, _ = await self._request("PUT", Key, headers, body,
+                                              sha or UNSIGNED_PAYLOAD, "PutObject", size)
         return {"ResponseMetadata": {"HTTPStatusCode": status, "HTTPHeaders": hdrs}}
 
     # -- one request -------------------------------------------------------------------
-    async def _request(self, method: str, key: str, headers: dict, body: bytes,
-                       payload_hash: str, op: str) -> tuple[int, dict, bytes]:
+    async def _request(self, method: str, key: str, headers: dict, body,
+                       payload_hash: str, op: str, size: int = 0) -> tuple[int, dict, bytes]:
         path = quote(f"{self._base_path}/{key}", safe="/~")
         creds = await self._frozen()
         headers = self._sign(method, path, headers, payload_hash, creds)
+        if method == "PUT":
+            # Not signed (botocore does not either); set here so that a body
+            # given in pieces is sent with it rather than chunked.
+            headers["content-length"] = str(size)
         url = URL(f"{self._scheme}://{self._host}{path}", encoded=True)
         try:
             async with self._session.request(method, url, headers=headers,
@@ -169,6 +196,31 @@ class SignedRequests:
                 self._keys.clear()
             self._keys[(secret, date)] = key
         return key
+
+
+def payload_digests(parts, sha256: bool = True) -> tuple[str | None, str]:
+    """(SHA-256 hex or None when not `sha256`, base64 big-endian CRC32) of
+    the concatenation of byte buffers, in one pass over them and without
+    joining them.  Blocking (both hashes give up the GIL on large buffers):
+    a large body's belong in a worker thread; botocore computes them on the
+    event loop, over 1 MiB copies (S3Store's PartsReader)."""
+    h = hashlib.sha256() if sha256 else None
+    crc = 0
+    for v in parts:
+        if h is not None:
+            h.update(v)
+        crc = zlib.crc32(v, crc)
+    return (h.hexdigest() if h is not None else None,
+            base64.b64encode(crc.to_bytes(4, "big")).decode())
+
+
+async def _pieces(parts: list[memoryview]):
+    """A body's bytes as views of at most SEND_PIECE bytes, for aiohttp to
+    write one at a time, waiting for the socket between them (so the
+    transport's buffer never holds a copy of more than one piece)."""
+    for v in parts:
+        for i in range(0, v.nbytes, SEND_PIECE):
+            yield v[i:i + SEND_PIECE]
 
 
 class _Body:
