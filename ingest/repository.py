@@ -10,13 +10,16 @@ named.  `ingest.open()` gives the same API synchronously.
 from __future__ import annotations
 
 import asyncio
+import bisect
+import heapq
+import itertools
 import logging
 import os
 import stat
 import threading
 import time
 from collections import Counter, OrderedDict
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -938,10 +941,16 @@ class Repository:
             got[fid] = m
         return got
 
-    async def list_refs(self, prefix: str = "") -> list[Ref]:
+    async def list_refs(self, prefix: str = "", *, after: str | None = None,
+                        limit: int | None = None) -> list[Ref]:
         """Every name that starts with `prefix`, as get_ref would resolve
         it: file refs, and the entries of trees (listed under the prefix or
-        above it), less those a deeper ref object hides; sorted by name."""
+        above it), less those a deeper ref object hides; sorted by name.
+        `after` and `limit`: only names after `after`, at most `limit` of
+        them (a page).  A tree's entries are sorted, so a page of a tree of
+        millions of files costs a search and the page, not the tree."""
+        if limit is not None and limit < 1:
+            return []
         # Read in batches of 256 (one thread hop each on the local store):
         # one get per ref was most of `ingest ls` on a tree of small files.
         found: dict[str, Ref | TreeRef] = {}
@@ -963,21 +972,15 @@ class Repository:
         keys += [ref_key(a) for a in above]
         if keys:
             await read()
-        out = {n: r for n, r in found.items() if isinstance(r, Ref) and n.startswith(prefix)}
+        files = sorted((n, r) for n, r in found.items() if isinstance(r, Ref)
+                       and n.startswith(prefix) and (after is None or n > after))
+        sources = [iter(files)]
         for tname, tref in found.items():
-            if not isinstance(tref, TreeRef):
-                continue
-            tree = await self._load_tree(bytes.fromhex(tref.tree_id), tname)
-            for e in tree.entries:
-                name = f"{tname}/{e.path}"
-                if not name.startswith(prefix) or name in found:
-                    continue
-                # Hidden by a ref object between the tree and the name?
-                if any(a in found for a in ancestors(name)[:e.path.count("/")]):
-                    continue
-                out[name] = Ref(name, e.file_id.hex(), e.size, e.sha256 and e.sha256.hex(),
-                                tref.time)
-        return [out[n] for n in sorted(out)]
+            if isinstance(tref, TreeRef):
+                tree = await self._load_tree(bytes.fromhex(tref.tree_id), tname)
+                sources.append(_tree_names(tname, tref, tree, prefix, after, found))
+        merged = heapq.merge(*sources, key=lambda item: item[0])
+        return [r for _, r in itertools.islice(merged, limit)]
 
     async def delete_ref(self, name: str) -> None:
         """Delete what `name` resolves to: its own ref object (a file ref,
@@ -1233,6 +1236,41 @@ def _plan_spans(chunk_frames: np.ndarray, locs: np.ndarray) -> list:
     if cur is not None:
         spans.append(tuple(cur))
     return spans
+
+
+def _tree_names(tname: str, tref: TreeRef, tree: Tree, prefix: str, after: str | None,
+                found: dict) -> Iterator[tuple[str, Ref]]:
+    """(name, Ref) of a tree's entries that start with `prefix`, come after
+    `after` and no ref object in `found` hides, in order: from a binary
+    search to where they start (the entries are sorted by path, which is
+    name order), lazily."""
+    base = tname + "/"
+    if base.startswith(prefix):
+        sub = ""                     # the prefix is above the tree: all of it
+    elif prefix.startswith(base):
+        sub = prefix[len(base):]     # the prefix is inside the tree
+    else:
+        return
+    entries = tree.entries
+    start = bisect.bisect_left(entries, sub, key=_entry_path) if sub else 0
+    if after is not None and after >= base:
+        if not after.startswith(base):
+            return                   # every name here sorts before `after`
+        start = max(start, bisect.bisect_right(entries, after[len(base):], key=_entry_path))
+    for e in itertools.islice(entries, start, None):
+        if not e.path.startswith(sub):
+            return
+        name = base + e.path
+        if name in found:
+            continue                 # its own ref object says what it is
+        # Hidden by a ref object between the tree and the name?
+        if e.path.count("/") and any(a in found for a in ancestors(name)[:e.path.count("/")]):
+            continue
+        yield name, Ref(name, e.file_id.hex(), e.size, e.sha256 and e.sha256.hex(), tref.time)
+
+
+def _entry_path(e: TreeEntry) -> str:
+    return e.path
 
 
 class FrameCache:

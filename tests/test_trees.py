@@ -323,3 +323,49 @@ def test_verify_checks_the_manifests_a_tree_keeps(tmp_path):
             rep = await repo.verify()
             assert any("manifest of a in tree" in p for p in rep.problems), rep.problems
     run(go())
+
+
+def test_list_refs_pages_agree_with_name_resolution(tmp_path):
+    """A page (after, limit) of list_refs is the full listing's slice, and
+    the full listing is every name get_ref resolves: a tree of nested and
+    non-ASCII paths, a file ref over one of its names, a file ref at one of
+    its directories (hiding the names below it), a deeper tree, refs below
+    the tree with names of their own, and a ref beside it."""
+    paths = sorted({f"{d}/{f}" for d in ("a", "a/b", "b", "é", "z z") for f in ("1", "2", "x.y", "ü")}
+                   | {"top", "a-b", "a.c", "a0"})
+
+    async def go():
+        async with await Repository.open(tmp_path / "s") as repo:
+            blob = await repo.put_bytes(b"content", ref="blob")
+            fid = bytes.fromhex(blob.file_id)
+            await repo._put_tree_ref("ns", Tree.of(TreeEntry(p, fid, 7, None) for p in paths))
+            await repo.put_bytes(b"over", ref="ns/a/2")           # over an entry
+            await repo.put_bytes(b"a file", ref="ns/b")           # over a directory
+            await repo._put_tree_ref("ns/é", Tree.of([TreeEntry("deep/q", fid, 7, None)]))
+            await repo.put_bytes(b"new", ref="ns/a/b/new")        # a name of its own
+            await repo.put_bytes(b"beside", ref="nt")
+            candidates = {f"ns/{p}" for p in paths} | {"ns/a/2", "ns/b", "ns/é/deep/q",
+                                                        "ns/a/b/new", "nt", "blob"}
+            resolves = set()
+            for name in candidates:
+                try:
+                    await repo.get_ref(name)
+                    resolves.add(name)
+                except NotFound:
+                    pass
+            assert "ns/b/1" not in resolves and "ns/é/1" not in resolves    # hidden
+            for prefix in ("", "ns/", "ns/a", "ns/a/", "ns/a/b/", "ns/é/", "ns/z z/", "n", "ns/q/"):
+                full = await repo.list_refs(prefix)
+                names = [r.name for r in full]
+                assert names == sorted(n for n in resolves if n.startswith(prefix)), prefix
+                for r in full:
+                    g = await repo.get_ref(r.name)
+                    assert (r.name, r.file_id, r.size) == (g.name, g.file_id, g.size)
+                afters = [None] + names + [n + "\0" for n in names[::3]] + ["ns/a/b", "ns/b/", "nt0"]
+                for after in afters:
+                    rest = [r for r in full if after is None or r.name > after]
+                    for limit in (1, 2, 7, None):
+                        got = await repo.list_refs(prefix, after=after, limit=limit)
+                        assert got == rest[:limit], (prefix, after, limit)
+            assert await repo.list_refs("ns/", limit=0) == []
+    run(go())

@@ -767,9 +767,9 @@ class Daemon:
             # The namespace is a tree the library stored (put_tree of a
             # directory named like it): its names come from the tree and the
             # refs below it together, as Repository.list_refs resolves them,
-            # listed whole and cut into this page.
-            refs = [r for r in await repo.list_refs(f"{ns}/{prefix}")
-                    if after is None or r.name[len(ns) + 1:] > after]
+            # a page at a time (a search into the sorted tree, not all of it).
+            refs = await repo.list_refs(f"{ns}/{prefix}", after=f"{ns}/{after}" if after else None,
+                                        limit=limit + 1)
             more = len(refs) > limit
             refs = refs[:limit]
             return _listing(ns, prefix, refs, refs[-1].name[len(ns) + 1:] if more else None)
