@@ -726,10 +726,12 @@ def test_s3_unsigned_put_with_a_wrong_crc32_is_refused(s3_url, monkeypatch):
 
 
 @pytest.mark.s3
-def test_s3_fast_requests_give_way_to_botocore_when_refused(s3_url):
+@pytest.mark.parametrize("size", [4, 3 << 20], ids=["small", "pack"])
+def test_s3_fast_requests_give_way_to_botocore_when_refused(s3_url, size):
     """A request of ours the server refuses (here: signed with a wrong
     secret, as a region or signature botocore would have got right) is sent
-    again through botocore, which succeeds, and botocore carries on alone."""
+    again through botocore, which succeeds, and botocore carries on alone;
+    a pack-sized body too (sent after the server's 100 Continue)."""
     class WrongSecret:
         def __init__(self, creds):
             self.creds = creds
@@ -744,17 +746,19 @@ def test_s3_fast_requests_give_way_to_botocore_when_refused(s3_url):
             fast = store.inner._fast
             assert fast is not None
             fast._credentials = WrongSecret(fast._credentials)
-            return await _handed_over_to_botocore(store)
+            return await _handed_over_to_botocore(store, [payload(size - size // 3, 1),
+                                                          payload(size // 3, 2)])
     m = run(go())
     assert m["total"]["errors"] == 0 and m["total"]["retries"] == 0
 
 
-async def _handed_over_to_botocore(store) -> dict:
-    """An if-absent put and a get that the signed path gives to botocore:
-    both succeed, and botocore keeps the store; its metrics."""
-    assert await store.put("k", b"data", if_absent=True) is True
+async def _handed_over_to_botocore(store, body=(b"data",)) -> dict:
+    """An if-absent put (of `body`'s parts) and a get that the signed path
+    gives to botocore: both succeed, and botocore keeps the store; its
+    metrics."""
+    assert await store.put("k", list(body), if_absent=True) is True
     assert store.inner._fast is None
-    assert await store.get("k") == b"data"
+    assert await store.get("k") == b"".join(body)
     return store.metrics()
 
 

@@ -50,6 +50,10 @@ from yarl import URL
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 UNSIGNED_PAYLOAD = "UNSIGNED-PAYLOAD"
 SEND_PIECE = 1 << 20        # most bytes of a body handed to aiohttp at once
+# A body larger than this waits for the server's 100 Continue, as botocore's
+# PUTs do: a refusal (403, 412, a redirect) then comes before the body,
+# not after megabytes of it, or as a connection the server closed on it.
+EXPECT_CONTINUE_FROM = 1 << 20
 _ERROR_FIELD = re.compile(rb"<(Code|Message)>([^<]*)</\1>")
 
 
@@ -134,6 +138,7 @@ class SignedRequests:
         try:
             async with self._session.request(method, url, headers=headers,
                                              data=body if method == "PUT" else None,
+                                             expect100=size > EXPECT_CONTINUE_FROM,
                                              allow_redirects=False) as resp:
                 data = await resp.read()
                 status = resp.status
