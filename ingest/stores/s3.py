@@ -371,7 +371,9 @@ class S3Store(Store):
 
     async def _put_object(self, client, k: str, body: "PartsBody", **kw) -> None:
         fast = self._fast
-        if fast is None or body.size <= FAST_PUT_MAX:
+        if fast is None:
+            fast_kw = {}                      # botocore's alone (_object_call)
+        elif body.size <= FAST_PUT_MAX:
             fast_kw = dict(kw, Body=body.joined())
         else:
             # A pack: sent as its parts, its hashes computed in a worker

@@ -106,12 +106,12 @@ class SignedRequests:
                 "ResponseMetadata": {"HTTPStatusCode": status, "HTTPHeaders": hdrs}}
 
     async def put_object(self, *, Key: str, Body, IfNoneMatch: str | None = None,
-                         Digests: tuple[str, str] | None = None) -> dict:
+                         Digests: tuple[str | None, str] | None = None) -> dict:
         """`Body`: bytes, or a list of byte buffers sent as their
         concatenation (a pack's parts, never joined).  `Digests`: the
-        body's (SHA-256 hex, CRC32 header value) from payload_digests(),
-        computed by the caller off the event loop; without them they are
-        computed here (small bodies)."""
+        body's (SHA-256 hex or None, CRC32 header value) from
+        payload_digests(), computed by the caller off the event loop;
+        without them they are computed here (small bodies)."""
         parts = [memoryview(Body).cast("B")] if isinstance(Body, (bytes, bytearray, memoryview)) \
             else [memoryview(v).cast("B") for v in Body]
         size = sum(v.nbytes for v in parts)
