@@ -696,6 +696,25 @@ def test_s3_large_puts_are_signed_here(s3_url, signing):
     assert hashes == [sha if signing is not False else s3fast.UNSIGNED_PAYLOAD] * 3
 
 
+def test_s3_payload_signing_from_the_environment(monkeypatch):
+    """$INGEST_S3_PAYLOAD_SIGNING sets the default (the CLI and the daemon
+    take no S3 options); an explicit argument wins; a bad value is an error
+    that names the variable."""
+    from ingest.stores.s3 import S3Store
+    for value, want in (("", None), ("auto", None), ("false", False), ("0", False),
+                        ("True", True), ("yes", True)):
+        monkeypatch.setenv("INGEST_S3_PAYLOAD_SIGNING", value)
+        store = S3Store("b")
+        assert store.payload_signing is want, value
+        # botocore's way takes the same setting
+        assert (store._config.s3 or {}).get("payload_signing_enabled") is want, value
+    monkeypatch.setenv("INGEST_S3_PAYLOAD_SIGNING", "false")
+    assert S3Store("b", payload_signing=True).payload_signing is True
+    monkeypatch.setenv("INGEST_S3_PAYLOAD_SIGNING", "maybe")
+    with pytest.raises(StoreError, match="INGEST_S3_PAYLOAD_SIGNING='maybe'"):
+        S3Store("b")
+
+
 @pytest.mark.s3
 def test_s3_unsigned_put_with_a_wrong_crc32_is_refused(s3_url, monkeypatch):
     """Without a signed SHA-256 the CRC32 is what protects the body on the

@@ -49,6 +49,8 @@ FAST_PUT_MAX = 1 << 20
 # something only botocore does (a redirect, another region, a signature it
 # reads differently): that request and all later ones go through botocore.
 _FAST_REFUSED_STATUS = {301, 302, 307, 400, 403}
+PAYLOAD_SIGNING_ENV = "INGEST_S3_PAYLOAD_SIGNING"
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 _PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy",
                     "all_proxy")
 
@@ -227,9 +229,11 @@ class S3Store(Store):
         (s3fast) rather than through botocore, until the server refuses one;
         False sends everything through botocore.  `payload_signing`: whether
         a PUT's SigV4 signature covers its body's SHA-256; None does as
-        botocore does (over http yes, over https no).  Every PUT carries its
-        CRC32 either way, which S3 and SeaweedFS check; SeaweedFS 4.x does
-        not check the signed SHA-256, which costs ~0.9 CPU s per GiB here."""
+        botocore does (over http yes, over https no), unless
+        $INGEST_S3_PAYLOAD_SIGNING says (true/false; how the CLI and the
+        daemon set it).  Every PUT carries its CRC32 either way, which S3
+        and SeaweedFS check; SeaweedFS 4.x does not check the signed
+        SHA-256, which costs ~0.9 CPU s per GiB here."""
         if max_concurrency < 1:
             raise ValueError("max_concurrency must be at least 1")
         self.bucket = bucket
@@ -242,15 +246,16 @@ class S3Store(Store):
         self.max_concurrency = max_concurrency
         self.conditional_put = conditional_put
         self.fast_requests = fast_requests
-        self.payload_signing = payload_signing
+        self.payload_signing = (payload_signing if payload_signing is not None
+                                else _env_bool(PAYLOAD_SIGNING_ENV))
         self._fast: SignedRequests | None = None
         self._config = AioConfig(
             max_pool_connections=max_concurrency,
             connect_timeout=connect_timeout,
             read_timeout=read_timeout,
             retries={"total_max_attempts": 1, "mode": "standard"},   # RetryStore retries
-            **({} if payload_signing is None
-               else {"s3": {"payload_signing_enabled": payload_signing}}),
+            **({} if self.payload_signing is None
+               else {"s3": {"payload_signing_enabled": self.payload_signing}}),
         )
         self._client = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -626,6 +631,18 @@ class S3Store(Store):
                 raise self._error("delete", key, e) from None
         except Exception as e:
             raise self._error("delete", key, e) from None
+
+
+def _env_bool(name: str) -> bool | None:
+    """A yes/no environment setting: None when unset, empty or `auto`."""
+    value = os.environ.get(name, "").strip().lower()
+    if value in ("", "auto"):
+        return None
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise StoreError(f"{name}={os.environ[name]!r}: use true, false or auto")
 
 
 @functools.cache
