@@ -68,6 +68,7 @@ RESTORE_BATCH_BYTES = 8 << 20  # small files restored in one pool call, about th
 FRAME_CACHE_BYTES = 64 << 20   # decoded frames kept for reuse by later reads (FrameCache)
 TREES_CACHED = 16              # decoded trees kept by id (immutable) for name lookups
 TREES_RELIST = 1.0             # seconds between listings of trees/ for a file id not found
+TREES_READ_AT_ONCE = 16        # trees read concurrently when indexing a listing of trees/
 
 
 @dataclass
@@ -624,15 +625,29 @@ class Repository:
         """Read the trees at these keys (a listing of trees/) that this
         process has not indexed, so that _in_trees knows what they keep."""
         self._trees_listed_at = time.monotonic()
+        todo = []
         for key in keys:
             tid = hashing.parse_hex_id(key[len(TREES_PREFIX):])
-            if tid is None or tid in self._indexed_trees:
-                continue
+            if tid is not None and tid not in self._indexed_trees:
+                todo.append((tid, key))
+
+        async def one(tid: bytes, key: str) -> None:
             try:
                 await self._load_tree(tid, key)
-            except IngestError as e:
+            except IntegrityError as e:
+                # Damaged (or gone since the listing): not read again.  A
+                # store that fails to answer is not that: it raises, and a
+                # later lookup reads the tree again.
                 log.warning("skipping %s: %s", key, e)
-                self._indexed_trees.add(tid)      # damaged: not read again
+                self._indexed_trees.add(tid)
+
+        # TREES_READ_AT_ONCE at a time: one by one, a store of a thousand
+        # trees on S3 was a thousand round trips before the first answer.
+        for batch in _batches(todo, TREES_READ_AT_ONCE):
+            for got in await asyncio.gather(*(one(tid, key) for tid, key in batch),
+                                            return_exceptions=True):
+                if isinstance(got, BaseException):
+                    raise got
 
     async def _kept_manifests(self, fids: list[bytes], *, list_trees: bool = True
                               ) -> dict[bytes, bytes]:

@@ -369,3 +369,62 @@ def test_list_refs_pages_agree_with_name_resolution(tmp_path):
                         assert got == rest[:limit], (prefix, after, limit)
             assert await repo.list_refs("ns/", limit=0) == []
     run(go())
+
+
+def test_trees_indexed_for_a_bare_file_id_are_read_together_and_a_store_failure_is_not_damage(
+        tmp_path, monkeypatch):
+    """Finding a bare file id among trees this process has not read reads
+    them several at a time; a tree the store fails to return is not taken
+    for a damaged one (which would hide its files for the process's life):
+    the lookup fails with the store's error, and the next one finds it."""
+    import asyncio
+    from ingest import repository as R
+    from ingest.errors import StoreError
+    monkeypatch.setattr(R, "TREES_RELIST", 0.0)
+    ids = []
+
+    async def put():
+        async with await Repository.open(tmp_path / "s") as repo:
+            for i in range(40):
+                d = tmp_path / f"src{i}" / f"d{i}"
+                d.mkdir(parents=True)
+                (d / "f.txt").write_bytes(b"file %d " % i * 50)
+                ids.extend(r.file_id for r in await repo.put_tree([d]))
+    run(put())
+
+    class SlowFlaky(LocalStore):
+        in_flight = peak = 0
+        fail = None
+
+        async def get(self, key, start=0, end=None):
+            if not key.startswith("trees/"):
+                return await super().get(key, start, end)
+            if SlowFlaky.fail is None:
+                SlowFlaky.fail = key
+            if key == SlowFlaky.fail and not getattr(self, "failed", False):
+                self.failed = True
+                raise StoreError(f"get {key}: the store did not answer")
+            SlowFlaky.in_flight += 1
+            SlowFlaky.peak = max(SlowFlaky.peak, SlowFlaky.in_flight)
+            try:
+                await asyncio.sleep(0.002)
+                return await super().get(key, start, end)
+            finally:
+                SlowFlaky.in_flight -= 1
+
+    async def go():
+        store = SlowFlaky(tmp_path / "s")
+        async with await Repository.open(store) as repo:
+            failed = None
+            for fid in ids:
+                try:
+                    await repo.read(fid)
+                except StoreError as e:
+                    failed = e
+                    break
+            assert failed is not None and "did not answer" in str(failed)
+            # Every file, the failed tree's included, reads on the next try.
+            for i, fid in enumerate(ids):
+                assert await repo.read(fid) == b"file %d " % i * 50
+    run(go())
+    assert 1 < SlowFlaky.peak <= R.TREES_READ_AT_ONCE
