@@ -179,17 +179,26 @@ class Repository:
                 return key, await asyncio.to_thread(decode_shard, data, f"index shard {key}")
             except ObjectNotFound:
                 return key, None
-            except IngestError as e:
+            except IntegrityError as e:
                 # The index only speeds up dedup: a damaged shard costs
-                # re-storing its chunks, never a wrong read.  `verify` reports it.
+                # re-storing its chunks, never a wrong read.  `verify` reports
+                # it.  A store that fails to answer is not that: it raises,
+                # and the next call loads the shard (marked loaded, it would
+                # have cost a daemon that shard's dedup for its whole life).
                 log.warning("skipping %s", e)
                 return key, None
 
         for chunk in _batches(keys, 16):
-            for key, rows in await asyncio.gather(*(load(k) for k in chunk)):
-                if rows is not None:
-                    self.index.add(*rows)
-                self.index.shards.add(key)
+            got = await asyncio.gather(*(load(k) for k in chunk), return_exceptions=True)
+            failed = next((g for g in got if isinstance(g, BaseException)), None)
+            for g in got:
+                if not isinstance(g, BaseException):
+                    key, rows = g
+                    if rows is not None:
+                        self.index.add(*rows)
+                    self.index.shards.add(key)
+            if failed is not None:
+                raise failed
         return len(keys)
 
     def background(self, coro) -> asyncio.Future:

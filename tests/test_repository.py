@@ -1034,3 +1034,38 @@ def test_decoded_runs_are_checked_chunk_by_chunk():
     locs["length"] = 50_001
     with pytest.raises(IntegrityError, match="does not match its id"):
         repository._decode_run(None, locs, ids, "test", entry=(raw, set()))
+
+
+def test_an_index_shard_the_store_fails_to_return_is_loaded_on_the_next_try(tmp_path):
+    """A store failure while loading the index is raised (the daemon is not
+    ready yet, a write fails and may be retried), not taken for a damaged
+    shard: marked loaded, that shard's chunks would be stored again for the
+    rest of the process's life.  The next load reads it, and dedups."""
+    blobs = [rand(300_000, seed=i) for i in range(3)]
+
+    async def put():
+        async with await Repository.open(tmp_path / "s", config=StoreConfig(pack_size=1 << 20)) as repo:
+            for i, b in enumerate(blobs):
+                await repo.put_bytes(b, ref=f"b{i}")
+    run(put())
+
+    class Flaky(LocalStore):
+        failed = False
+
+        async def get(self, key, start=0, end=None):
+            if key.startswith("index/") and not Flaky.failed:
+                Flaky.failed = True
+                raise StoreError(f"get {key}: the store did not answer")
+            return await super().get(key, start, end)
+
+    async def go():
+        async with await Repository.open(Flaky(tmp_path / "s")) as repo:
+            shards = [o.key async for o in repo.store.list("index/")]
+            assert len(shards) >= 2
+            with pytest.raises(StoreError, match="did not answer"):
+                await repo.index_ready()
+            assert not repo.index_loaded
+            await repo.index_ready()
+            assert repo.index.shards == set(shards)
+            return [(await repo.put_bytes(b, ref=f"again{i}")).new_bytes for i, b in enumerate(blobs)]
+    assert run(go()) == [0, 0, 0]
