@@ -677,8 +677,8 @@ class Repository:
         for tid, wanted in by_tree.items():
             try:
                 tree = await self._load_tree(tid, f"trees/{tid.hex()}")
-            except IngestError:
-                continue
+            except IntegrityError:
+                continue        # damaged or gone: as if it kept none (a store failure raises)
             for f, path in wanted:
                 e = tree.get(path)
                 if e is not None and e.file_id == f and e.manifest is not None:

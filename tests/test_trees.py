@@ -428,3 +428,32 @@ def test_trees_indexed_for_a_bare_file_id_are_read_together_and_a_store_failure_
                 assert await repo.read(fid) == b"file %d " % i * 50
     run(go())
     assert 1 < SlowFlaky.peak <= R.TREES_READ_AT_ONCE
+
+
+def test_a_store_failure_reading_a_kept_manifest_is_not_not_found(tmp_path):
+    """A small file read by bare id whose tree the store fails to return
+    (after this process had indexed it) gets the store's error, which a
+    daemon answers with 503, not NotFound (404: as if it did not exist)."""
+    from ingest.errors import StoreError
+    src, files = _tree(tmp_path)
+
+    class Flaky(LocalStore):
+        fail = False
+
+        async def get(self, key, start=0, end=None):
+            if Flaky.fail and key.startswith("trees/"):
+                raise StoreError(f"get {key}: the store did not answer")
+            return await super().get(key, start, end)
+
+    async def go():
+        async with await Repository.open(Flaky(tmp_path / "s")) as repo:
+            got = await repo.put_tree([src])
+            fid = got[0].file_id
+            repo._trees.clear()                  # indexed, no longer cached
+            repo._manifests.clear()
+            Flaky.fail = True
+            with pytest.raises(StoreError, match="did not answer"):
+                await repo.read(fid)
+            Flaky.fail = False
+            assert await repo.read(fid) == files[got[0].ref.split("/", 1)[1]]
+    run(go())
