@@ -14,6 +14,7 @@ import bisect
 import heapq
 import itertools
 import logging
+import operator
 import os
 import stat
 import threading
@@ -190,15 +191,13 @@ class Repository:
 
         for chunk in _batches(keys, 16):
             got = await asyncio.gather(*(load(k) for k in chunk), return_exceptions=True)
-            failed = next((g for g in got if isinstance(g, BaseException)), None)
             for g in got:
                 if not isinstance(g, BaseException):
                     key, rows = g
                     if rows is not None:
                         self.index.add(*rows)
                     self.index.shards.add(key)
-            if failed is not None:
-                raise failed
+            _raise_first(got)
         return len(keys)
 
     def background(self, coro) -> asyncio.Future:
@@ -653,10 +652,8 @@ class Repository:
         # TREES_READ_AT_ONCE at a time: one by one, a store of a thousand
         # trees on S3 was a thousand round trips before the first answer.
         for batch in _batches(todo, TREES_READ_AT_ONCE):
-            for got in await asyncio.gather(*(one(tid, key) for tid, key in batch),
-                                            return_exceptions=True):
-                if isinstance(got, BaseException):
-                    raise got
+            _raise_first(await asyncio.gather(*(one(tid, key) for tid, key in batch),
+                                              return_exceptions=True))
 
     async def _kept_manifests(self, fids: list[bytes], *, list_trees: bool = True
                               ) -> dict[bytes, bytes]:
@@ -1276,25 +1273,27 @@ def _tree_names(tname: str, tref: TreeRef, tree: Tree, prefix: str, after: str |
     else:
         return
     entries = tree.entries
-    start = bisect.bisect_left(entries, sub, key=_entry_path) if sub else 0
+    start = bisect.bisect_left(entries, sub, key=_PATH) if sub else 0
     if after is not None and after >= base:
         if not after.startswith(base):
             return                   # every name here sorts before `after`
-        start = max(start, bisect.bisect_right(entries, after[len(base):], key=_entry_path))
-    for e in itertools.islice(entries, start, None):
+        start = max(start, bisect.bisect_right(entries, after[len(base):], key=_PATH))
+    # By index from `start`: islice() would step through the entries before it.
+    for i in range(start, len(entries)):
+        e = entries[i]
         if not e.path.startswith(sub):
             return
         name = base + e.path
         if name in found:
             continue                 # its own ref object says what it is
         # Hidden by a ref object between the tree and the name?
-        if e.path.count("/") and any(a in found for a in ancestors(name)[:e.path.count("/")]):
+        depth = e.path.count("/")
+        if depth and any(a in found for a in ancestors(name)[:depth]):
             continue
         yield name, Ref(name, e.file_id.hex(), e.size, e.sha256 and e.sha256.hex(), tref.time)
 
 
-def _entry_path(e: TreeEntry) -> str:
-    return e.path
+_PATH = operator.attrgetter("path")
 
 
 class FrameCache:
@@ -1665,6 +1664,14 @@ def _group_small(planned: list[tuple[str, str, int]]):
         held += size
     if group:
         yield group
+
+
+def _raise_first(results: list) -> None:
+    """Raise the first exception among gather(return_exceptions=True)
+    results: every call of the batch has ended by then, none is left running."""
+    for r in results:
+        if isinstance(r, BaseException):
+            raise r
 
 
 def _batches(items: list, n: int):
