@@ -124,7 +124,11 @@ def child_ingest_ours(spec: dict) -> dict:
 
     async def go():
         c0, f0, t0 = _cpu(), _faults(), time.perf_counter()
-        repo = await Repository.open(spec["store"])
+        config = None
+        if spec.get("zstd_level") is not None:
+            from ingest.config import StoreConfig
+            config = StoreConfig(zstd_level=spec["zstd_level"])
+        repo = await Repository.open(spec["store"], config=config)
         t_open = time.perf_counter() - t0
         files = []
         try:
@@ -248,10 +252,12 @@ class ToolError(RuntimeError):
 TUNE_MALLOC = True       # --no-tune-malloc: our children keep glibc's defaults
 SHA256 = False           # --sha256 compute: both tools compute every file's SHA-256
 BUSY_THREAD = False      # --busy-thread: each child runs a thread of Python bytecode beside the work
+ZSTD_LEVEL = None        # --zstd-level: our stores are created at this level (default: StoreConfig's)
 
 
 def run_child(spec: dict, scratch: pathlib.Path) -> dict:
-    spec = dict(spec, tune_malloc=TUNE_MALLOC, sha256=SHA256, busy_thread=BUSY_THREAD)
+    spec = dict(spec, tune_malloc=TUNE_MALLOC, sha256=SHA256, busy_thread=BUSY_THREAD,
+                zstd_level=ZSTD_LEVEL)
     env = dict(os.environ)
     # keep hf_xet's logs and caches out of $HOME and out of the measured store
     env.update(HF_HOME=str(scratch / "hf_home"), HF_XET_CACHE=str(scratch / "hf_xet_cache"),
@@ -591,6 +597,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--busy-thread", action="store_true",
                     help="each child (both tools) runs a thread of pure Python bytecode beside the "
                          "timed work, as in a busy host process that embeds the library")
+    ap.add_argument("--zstd-level", type=int, default=None,
+                    help="create our stores at this zstd level (default: StoreConfig's, 3): what a "
+                         "faster or denser level costs in stored bytes and buys in speed, side by side")
     ap.add_argument("--no-verify", action="store_true", help="do not compare restored files to the input")
     ap.add_argument("--no-machine-probe", action="store_true",
                     help="skip bench/machine.py's measure of what a fresh page of memory costs here")
@@ -598,7 +607,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json-out", default=None, help="write the results as JSON to this file")
     ap.add_argument("--from-json", default=None, help="print the tables of an earlier --json-out and exit")
     args = ap.parse_args(argv)
-    global TUNE_MALLOC, SHA256, BUSY_THREAD
+    global TUNE_MALLOC, SHA256, BUSY_THREAD, ZSTD_LEVEL
+    ZSTD_LEVEL = args.zstd_level
     TUNE_MALLOC = not args.no_tune_malloc
     BUSY_THREAD = args.busy_thread
     SHA256 = args.sha256 == "compute"
@@ -618,6 +628,8 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(f"unknown tool {t!r}")
     if args.repeat < 1:
         ap.error("--repeat must be at least 1")
+    if args.zstd_level is not None and not -7 <= args.zstd_level <= 22:
+        ap.error("--zstd-level must be in -7..22")
 
     def ver(dist):
         try:
@@ -630,6 +642,7 @@ def main(argv: list[str] | None = None) -> int:
                            capture_output=True, text=True).stdout.strip()
     results = {
         "scale": args.scale, "seed": args.seed, "repeat": args.repeat, "busy_thread": BUSY_THREAD,
+        "zstd_level": ZSTD_LEVEL,
         "versions": {"ingest": f"{ver('ingest')} (git {rev}{'+dirty' if dirty else ''})",
                      "hf_xet": ver("hf_xet")},
         "how": {
@@ -662,6 +675,8 @@ def main(argv: list[str] | None = None) -> int:
           f"hf_xet {results['versions']['hf_xet']}; {os.cpu_count()} CPUs")
     if BUSY_THREAD:
         print("busy thread: each child runs a thread of pure Python bytecode beside the work")
+    if ZSTD_LEVEL is not None:
+        print(f"our stores are created at zstd level {ZSTD_LEVEL} (--zstd-level)")
     print("SHA-256 of every file: " + ("both tools compute it" if SHA256 else "neither tool computes it")
           + " (--sha256)", flush=True)
 
