@@ -25,6 +25,25 @@ CHUNKERS = ("gear-nc-v1", CHUNKER)
 AUTO = "auto"       # coarse_chunking: chunking.coarsened(), if frame_size holds its chunks
 
 
+ZSTD_LEVELS = range(-7, 23)
+
+
+def check_zstd_level(level: int) -> int:
+    """A zstd level this engine writes at (ValueError otherwise)."""
+    if isinstance(level, bool) or not isinstance(level, int) or level not in ZSTD_LEVELS:
+        raise ValueError(f"zstd_level must be an integer in -7..22, not {level!r}")
+    return level
+
+
+def parse_zstd_level(text: str) -> int:
+    """A level given as text (a flag, an environment variable)."""
+    try:
+        level = int(text.strip())
+    except ValueError:
+        raise ValueError(f"not a zstd level: {text!r}") from None
+    return check_zstd_level(level)
+
+
 @dataclass(frozen=True)
 class StoreConfig:
     chunking: ChunkParams = field(default_factory=ChunkParams)
@@ -49,8 +68,7 @@ class StoreConfig:
             raise ValueError("frame_size must hold the coarse max chunk size")
         if not (self.frame_size <= self.pack_size <= 1 << 30):
             raise ValueError("pack_size must be between frame_size and 1 GiB")
-        if not (-7 <= self.zstd_level <= 22):
-            raise ValueError("zstd_level must be in -7..22")
+        check_zstd_level(self.zstd_level)
 
     def encode(self) -> bytes:
         d = {"chunker": CHUNKER, "chunking": self.chunking.to_dict(), "frame_size": self.frame_size,

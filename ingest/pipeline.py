@@ -314,7 +314,7 @@ class WriteSession:
         self.reserve = max(self.params.max_size, self.coarse.max_size if self.coarse else 0)
         self.frame_size = cfg.frame_size
         self.pack_size = cfg.pack_size
-        self.level = cfg.zstd_level
+        self.level = repo.zstd_level
         self.block_size = max(BLOCK_SIZE, 4 * self.reserve)
         self.max_frames = max_frames_in_flight or 2 * (os.cpu_count() or 2)
         if max_packs_in_flight is None:

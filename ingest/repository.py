@@ -31,7 +31,7 @@ from . import gil, hashing
 from ._mapped import Window, list_dir, place_files, remove_files, write_files
 from .compression import decompress
 from .config import KEY as CONFIG_KEY
-from .config import StoreConfig
+from .config import StoreConfig, check_zstd_level
 from .errors import FormatError, IngestError, IntegrityError, InvalidName, NotFound
 from .index import PREFIX as INDEX_PREFIX
 from .index import ChunkIndex, decode_shard
@@ -89,15 +89,21 @@ class VerifyReport:
 class Repository:
     def __init__(self, store: Store, config: StoreConfig, *, workers: int | None = None,
                  switch_interval: float | None = gil.SWITCH_INTERVAL,
-                 direct_writes: bool = True) -> None:
+                 direct_writes: bool = True, zstd_level: int | None = None) -> None:
         """`switch_interval`: at most this many seconds of the interpreter's
         switch interval while the repository is open (ingest.gil says why);
         None leaves the host's alone.  `direct_writes`: restore() writes
         files of ingest.output.DIRECT_MIN bytes or more around the page
         cache (O_DIRECT) where the file system allows; False writes every
-        file through the page cache."""
+        file through the page cache.  `zstd_level`: the level this process
+        compresses new frames at, None the store's (config.zstd_level).
+        Readers never need it, so writers of one store may differ: level 1
+        ingested the text corpora 1.1-1.5x faster than 3 for 4-10% more
+        stored bytes (docs/PERFORMANCE.md, "What the new-data targets
+        cost")."""
         self.store = store
         self.config = config
+        self.zstd_level = config.zstd_level if zstd_level is None else check_zstd_level(zstd_level)
         self.index = ChunkIndex()
         self.executor = ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 2,
                                            thread_name_prefix="ingest")
@@ -128,11 +134,13 @@ class Repository:
     async def open(cls, store: str | os.PathLike | Store, *, create: bool = True,
                    config: StoreConfig | None = None, workers: int | None = None,
                    switch_interval: float | None = gil.SWITCH_INTERVAL,
-                   direct_writes: bool = True) -> "Repository":
+                   direct_writes: bool = True, zstd_level: int | None = None) -> "Repository":
         """Open the store at a URL or path (creating it if `create`) and read
         its config.  The index is loaded by the first write (index_ready):
-        reading files never needs it.  `switch_interval`, `direct_writes`:
-        see __init__."""
+        reading files never needs it.  `switch_interval`, `direct_writes`,
+        `zstd_level`: see __init__."""
+        if zstd_level is not None:
+            check_zstd_level(zstd_level)      # before anything is created
         if not isinstance(store, Store):
             url = os.fspath(store)
             local = "://" not in url or url.startswith("file://")
@@ -148,7 +156,7 @@ class Repository:
                 await store.put(CONFIG_KEY, (config or StoreConfig()).encode(), if_absent=True)
                 cfg = StoreConfig.decode(await store.get(CONFIG_KEY))
             repo = cls(store, cfg, workers=workers, switch_interval=switch_interval,
-                       direct_writes=direct_writes)
+                       direct_writes=direct_writes, zstd_level=zstd_level)
         except BaseException:
             await store.close()
             raise

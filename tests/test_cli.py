@@ -83,6 +83,28 @@ def test_put_no_sha256(tmp_path, tree):
     assert ingest("verify", store=store).stdout.decode().startswith("ok:")
 
 
+def test_put_zstd_level_from_flag_or_environment(tmp_path):
+    f = tmp_path / "rows.csv"
+    f.write_bytes(b"".join(b"%d,row %d,%d\n" % (i, i * 7 % 1000, i % 13) for i in range(200_000)))
+
+    def packs(name, *args, env=None):
+        store = tmp_path / name
+        ingest("put", *args, f, store=store, env=env)
+        assert ingest("cat", "rows.csv", store=store).stdout == f.read_bytes()
+        return sorted(p.name for p in (store / "packs").iterdir())
+
+    flag = packs("flag", "--zstd-level", "1")
+    assert packs("env", env={"INGEST_ZSTD_LEVEL": "1"}) == flag
+    assert packs("default") != flag
+    assert packs("flag-wins", "--zstd-level", "3", env={"INGEST_ZSTD_LEVEL": "1"}) == packs("three")
+    for args, env, where in [(["--zstd-level", "30"], None, "--zstd-level"),
+                             ([], {"INGEST_ZSTD_LEVEL": "fast"}, "$INGEST_ZSTD_LEVEL")]:
+        p = ingest("put", *args, f, store=tmp_path / "bad", env=env, check=False)
+        err = p.stderr.decode()
+        assert p.returncode == 1 and where in err and err.count("\n") == 1, err
+    assert not (tmp_path / "bad").exists()
+
+
 def test_put_single_file_ref_is_its_name(tmp_path):
     store = tmp_path / "s"
     f = tmp_path / "model.safetensors"

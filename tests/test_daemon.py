@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 import yarl
 
-from ingest import Repository
+from ingest import Repository, StoreConfig
 from ingest.compression import decompress
 from ingest.daemon import Daemon, settings
 from ingest.daemon import auth as auth_mod
@@ -579,6 +579,35 @@ def test_settings_from_flags_and_environment(tmp_path):
     s = from_args(ap.parse_args(["--host", "0.0.0.0", "--tokens", "t.json"]), env)
     assert s.host == "0.0.0.0" and not s.loopback_only
     assert from_args(ap.parse_args(["--host", "::1"]), env).loopback_only
+    assert from_args(ap.parse_args([]), env).zstd_level is None      # the store's
+    assert from_args(ap.parse_args([]), {**env, "INGEST_ZSTD_LEVEL": "1"}).zstd_level == 1
+    assert from_args(ap.parse_args(["--zstd-level", "-3"]), env).zstd_level == -3
+    for bad in ("23", "one"):
+        with pytest.raises(ConfigError, match="INGEST_ZSTD_LEVEL"):
+            from_args(ap.parse_args([]), {**env, "INGEST_ZSTD_LEVEL": bad})
+
+
+def test_daemon_writes_at_its_zstd_level(serve, tmp_path):
+    """--zstd-level reaches the engine: an upload's packs are those of a
+    store made at that level (the daemon's store is at the default, 3)."""
+    body = b"".join(b"%d,event %d\n" % (i, i % 977) for i in range(150_000))
+    s = serve(zstd_level=1)
+
+    async def go():
+        async with aiohttp.ClientSession() as c:
+            status, doc, _ = await put(c, s.url, "ns/rows.csv", body)
+            assert status in (200, 201), doc
+            async with c.get(s.url + "/v1/files/ns/rows.csv") as r:
+                assert await r.read() == body
+        async with await Repository.open(tmp_path / "lib", config=StoreConfig(zstd_level=1)) as repo:
+            await repo.put_bytes(body, ref="rows.csv")
+            return sorted([o.key async for o in repo.store.list("packs/")])
+    mine = run(go())
+
+    async def served_packs():
+        return sorted([o.key async for o in s.daemon.repo.store.list("packs/")])
+    assert s.daemon.repo.zstd_level == 1
+    assert s._call(served_packs()) == mine
 
 
 # -- bad names -------------------------------------------------------------------

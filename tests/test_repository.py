@@ -240,6 +240,36 @@ def test_config_is_fixed_at_creation(store_url):
     run(go())
 
 
+def test_zstd_level_is_a_writer_setting(tmp_path):
+    """A writer's zstd_level overrides the store's for what it writes, and
+    nothing else: the packs are byte for byte those of a store made at that
+    level, the config is untouched, and any reader reads them."""
+    data = text(3 * MiB, 5)
+
+    async def ingest(path, **kw):
+        async with await Repository.open(path, **kw) as repo:
+            await repo.put_bytes(data, ref="t.txt")
+            packs = sorted([o.key async for o in repo.store.list("packs/")])
+            return packs, (await repo.stats())["pack_bytes"], repo.config.zstd_level
+
+    made_at_1 = run(ingest(tmp_path / "a", config=StoreConfig(zstd_level=1)))
+    written_at_1 = run(ingest(tmp_path / "b", zstd_level=1))
+    at_3 = run(ingest(tmp_path / "c"))
+    assert written_at_1[0] == made_at_1[0]                 # the same pack ids: the same bytes
+    assert at_3[0] != made_at_1[0] and at_3[1] < made_at_1[1]
+    assert (made_at_1[2], written_at_1[2], at_3[2]) == (1, 3, 3)
+
+    async def read_back():
+        async with await Repository.open(tmp_path / "b", zstd_level=19) as repo:
+            assert await repo.read("t.txt") == data
+            assert (await repo.verify()).ok
+    run(read_back())
+    for bad in (23, -8, 1.5, True, "1"):
+        with pytest.raises(ValueError, match="zstd_level"):
+            run(Repository.open(tmp_path / "d", zstd_level=bad))
+    assert not (tmp_path / "d").exists()          # refused before anything was created
+
+
 def test_open_missing_store_without_create(tmp_path):
     with pytest.raises(IngestError):
         run(Repository.open(tmp_path / "nothing", create=False))

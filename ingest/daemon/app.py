@@ -311,7 +311,8 @@ class Daemon:
         t0 = time.monotonic()
         while True:
             try:
-                repo = await Repository.open(self._open_store(), workers=self.settings.workers)
+                repo = await Repository.open(self._open_store(), workers=self.settings.workers,
+                                             zstd_level=self.settings.zstd_level)
                 try:
                     await repo.index_ready()        # ready means uploads dedup from the start
                 except BaseException:

@@ -13,6 +13,7 @@ import ipaddress
 import os
 from dataclasses import dataclass, fields
 
+from ..config import parse_zstd_level
 from ..errors import IngestError
 
 KiB, MiB, GiB, TiB = 1 << 10, 1 << 20, 1 << 30, 1 << 40
@@ -56,6 +57,13 @@ def _count(text: str) -> int:
     return v
 
 
+def _zstd_level(text: str) -> int:
+    try:
+        return parse_zstd_level(text)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
 def _port(text: str) -> int:
     try:
         v = int(text)
@@ -85,6 +93,7 @@ class Settings:
     retry_after: int = 2                   # seconds, in 503 answers
     index_refresh: float = 60.0            # pick up other writers' index shards; 0: never
     workers: int | None = None             # engine thread pool; None: one per core
+    zstd_level: int | None = None          # new frames' level; None: the store's
     list_limit: int = 1000                 # largest page a listing returns
 
     @property
@@ -138,6 +147,9 @@ _OPTIONS = [
     ("index_refresh", "SECONDS", "INGEST_INDEX_REFRESH", _seconds,
      "load other writers' new index shards every this many seconds; 0 never (default 60)"),
     ("workers", "N", "INGEST_WORKERS", _count, "engine worker threads (default: one per core)"),
+    ("zstd_level", "N", "INGEST_ZSTD_LEVEL", _zstd_level,
+     "zstd level of new data, -7..22 (default: the store's, 3): 1 ingests text 1.1-1.5x "
+     "faster for 4-10%% more stored bytes"),
     ("list_limit", "N", "INGEST_LIST_LIMIT", _count, "largest page of a listing (default 1000)"),
 ]
 
