@@ -15,6 +15,16 @@ import numpy as np
 from . import _chunker
 
 
+def json_int(d: dict, key: str) -> int:
+    """d[key], which must be a JSON integer: 1048576.9, "1048576" and true
+    are not (int() would take each), so a damaged or hand-edited store config is
+    refused rather than read as something nobody wrote."""
+    v = d[key]
+    if type(v) is not int:
+        raise ValueError(f"{key} is not an integer: {v!r}")
+    return v
+
+
 @dataclass(frozen=True)
 class ChunkParams:
     """min/normal/max chunk sizes and the bit counts of the two thresholds.
@@ -49,8 +59,8 @@ class ChunkParams:
 
     @classmethod
     def from_dict(cls, d: dict) -> "ChunkParams":
-        return cls(**{k: int(d[k]) for k in ("min_size", "normal_size", "max_size",
-                                              "strict_bits", "loose_bits")})
+        return cls(**{k: json_int(d, k) for k in ("min_size", "normal_size", "max_size",
+                                                   "strict_bits", "loose_bits")})
 
     def coarsened(self) -> "ChunkParams":
         """The parameters for incompressible files (see `params_for`): 8x

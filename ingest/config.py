@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-from .chunking import ChunkParams
+from .chunking import ChunkParams, json_int
 from .envelope import seal, unseal
 from .errors import FormatError
 
@@ -26,6 +26,7 @@ AUTO = "auto"       # coarse_chunking: chunking.coarsened(), if frame_size holds
 
 
 ZSTD_LEVELS = range(-7, 23)
+
 
 
 def check_zstd_level(level: int) -> int:
@@ -89,8 +90,8 @@ class StoreConfig:
                                   f"by this build ({', '.join(CHUNKERS)})")
             coarse = (ChunkParams.from_dict(d["coarse_chunking"]) if d["chunker"] == CHUNKER
                       else None)
-            return cls(ChunkParams.from_dict(d["chunking"]), int(d["frame_size"]),
-                       int(d["pack_size"]), int(d["zstd_level"]), coarse)
+            return cls(ChunkParams.from_dict(d["chunking"]), json_int(d, "frame_size"),
+                       json_int(d, "pack_size"), json_int(d, "zstd_level"), coarse)
         except FormatError:
             raise
         except (ValueError, KeyError, TypeError, AttributeError) as e:

@@ -476,6 +476,16 @@ def test_malformed_ref_and_config_payloads_are_format_errors():
     for bad in ([], None, {"chunker": "gear-nc-v1"}):
         with pytest.raises(FormatError):
             StoreConfig.decode(seal(CMAGIC, 1, json.dumps(bad).encode()))
+    from ingest.envelope import unseal
+    cfg = json.loads(bytes(unseal(StoreConfig().encode(), CMAGIC, {1}, "config")[1]))
+    assert StoreConfig.decode(seal(CMAGIC, 1, json.dumps(cfg).encode())) == StoreConfig()
+    for key, value in [("frame_size", 1048576.9), ("frame_size", "1048576"), ("pack_size", 67108864.0),
+                       ("zstd_level", True), ("zstd_level", "3")]:
+        with pytest.raises(FormatError, match=f"{key} is not an integer"):
+            StoreConfig.decode(seal(CMAGIC, 1, json.dumps({**cfg, key: value}).encode()))
+    with pytest.raises(FormatError, match="min_size is not an integer"):
+        chunking = {**cfg["chunking"], "min_size": 16384.5}
+        StoreConfig.decode(seal(CMAGIC, 1, json.dumps({**cfg, "chunking": chunking}).encode()))
 
 
 def test_refs_read_the_same_with_and_without_the_json_parser():
