@@ -628,8 +628,12 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(f"unknown tool {t!r}")
     if args.repeat < 1:
         ap.error("--repeat must be at least 1")
-    if args.zstd_level is not None and not -7 <= args.zstd_level <= 22:
-        ap.error("--zstd-level must be in -7..22")
+    if args.zstd_level is not None:
+        from ingest.config import check_zstd_level
+        try:
+            check_zstd_level(args.zstd_level)
+        except ValueError as e:
+            ap.error(f"--zstd-level: {e}")
 
     def ver(dist):
         try:

@@ -28,7 +28,6 @@ AUTO = "auto"       # coarse_chunking: chunking.coarsened(), if frame_size holds
 ZSTD_LEVELS = range(-7, 23)
 
 
-
 def check_zstd_level(level: int) -> int:
     """A zstd level this engine writes at (ValueError otherwise)."""
     if isinstance(level, bool) or not isinstance(level, int) or level not in ZSTD_LEVELS:
